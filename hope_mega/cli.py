@@ -1,0 +1,43 @@
+"""The `hope-mega` command: one subcommand per user job.
+
+Each subcommand lives in its own module, which exposes `register(subparsers)`; that function adds
+its parser and sets `func` to the callable that runs it. Modules keep heavy imports (torch,
+deepspeed, ...) inside the callable so `hope-mega --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+SUBCOMMAND_MODULES = (
+    "hope_mega.data.tokenizer_cli",  # hope-mega tokenizer train
+    "hope_mega.data.prep_cli",  # hope-mega prep
+    "hope_mega.params",  # hope-mega params
+    "hope_mega.smoke",  # hope-mega smoke
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hope-mega", description=__doc__.splitlines()[0])
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for name in SUBCOMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            if err.name != name:  # a real missing dependency, not a subcommand not built yet
+                raise
+            continue
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result = args.func(args)
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
