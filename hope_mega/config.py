@@ -1,0 +1,247 @@
+"""Typed run configuration: dataclasses, YAML loading, dotted `key=value` overrides, validation.
+
+Every error is one line that names the source (file or command line) and the dotted key, so a
+misconfigured 1000-GPU job fails in a second instead of an hour in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the file (or override) and the key."""
+
+
+@dataclass
+class CMSLevel:
+    """One Continuum Memory System level: a SwiGLU MLP updated every `period` optimizer steps."""
+
+    hidden: int
+    period: int = 1
+
+
+@dataclass
+class ModelConfig:
+    name: str = "hope"
+    # "titans" is Hope (self-modifying Titans); "attention" is Hope-Attention, and with a single
+    # CMS level of period 1 it is Transformer++.
+    mixer: str = "titans"
+    vocab_size: int = 32000
+    d_model: int = 256
+    n_layers: int = 4
+    n_heads: int = 4
+    chunk_size: int = 64  # self-modification period C, in tokens
+    conv_size: int = 4
+    cms_levels: list[CMSLevel] = field(default_factory=lambda: [CMSLevel(hidden=688, period=1)])
+    norm_eps: float = 1e-6
+    tie_embeddings: bool = False
+    rope_theta: float = 10000.0
+    init_std: float = 0.02
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+
+@dataclass
+class TrainConfig:
+    seq_len: int = 4096
+    global_batch: int = 128  # sequences per optimizer step (128 x 4096 = 0.5M tokens)
+    micro_batch: int = 4  # sequences per rank per forward/backward
+    steps: int = 1000
+    lr: float = 4e-4
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+    seed: int = 1234
+    dtype: str = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    log_every: int = 10
+    eval_every: int = 0
+    eval_batches: int = 8
+    save_every: int = 0
+    keep_last: int = 3
+    save_dir: str = ""
+    max_bad_steps: int = 5
+    wandb_project: str = ""
+
+
+@dataclass
+class ParallelConfig:
+    tp: int = 1
+    sequence_parallel: bool = False
+    zero_stage: int = 1
+    activation_checkpointing: bool = False
+
+
+@dataclass
+class DataConfig:
+    paths: list[str] = field(default_factory=list)
+    weights: list[float] = field(default_factory=list)
+    tokenizer: str = ""
+    num_workers: int = 0
+    # Reset every memory (and the chunk grid, conv window, RoPE positions) at each EOS, so a
+    # packed row behaves as independent documents.
+    reset_at_eos: bool = True
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _is_optional(tp: Any) -> bool:
+    return typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in typing.get_args(tp)
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Convert a YAML value to the annotated type, or raise ConfigError naming `where`."""
+    origin = typing.get_origin(tp)
+    if _is_optional(tp):
+        if value is None:
+            return None
+        (inner,) = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _coerce(value, inner, where)
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__} {value!r}")
+        return _build(tp, value, where)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+        return [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {tp} at {where}")
+
+
+def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in names:
+            known = ", ".join(sorted(names))
+            raise ConfigError(f"{where}.{key}: unknown key (known: {known})".replace(": .", ": "))
+        kwargs[key] = _coerce(value, hints[key], f"{where}.{key}".lstrip("."))
+    return cls(**kwargs)
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected key=value (e.g. model.d_model=512)")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({err})") from None
+    return key.strip().split("."), value
+
+
+def _set_dotted(tree: dict[str, Any], keys: list[str], value: Any, source: str) -> None:
+    node = tree
+    for i, k in enumerate(keys[:-1]):
+        child = node.setdefault(k, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{source}: {'.'.join(keys[: i + 1])} is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Load a YAML config, apply `key=value` overrides, and validate the result."""
+    tree: dict[str, Any] = {}
+    source = "<defaults>"
+    if path is not None:
+        source = str(path)
+        try:
+            text = Path(path).read_text()
+        except OSError as err:
+            raise ConfigError(f"{source}: cannot read config ({err.strerror})") from None
+        try:
+            tree = yaml.safe_load(text) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{source}: not valid YAML ({err})") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{source}: top level must be a mapping of sections")
+    for text in overrides:
+        keys, value = _parse_override(text)
+        _set_dotted(tree, keys, value, f"override {text!r}")
+    try:
+        cfg = _build(Config, tree, "")
+        validate(cfg)
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from None
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    m, t, p = cfg.model, cfg.train, cfg.parallel
+    if m.mixer not in ("titans", "attention"):
+        raise ConfigError(f"model.mixer: {m.mixer!r} is not one of 'titans', 'attention'")
+    for key in ("vocab_size", "d_model", "n_layers", "n_heads", "chunk_size", "conv_size"):
+        if getattr(m, key) <= 0:
+            raise ConfigError(f"model.{key}: must be > 0, got {getattr(m, key)}")
+    if m.d_model % m.n_heads:
+        raise ConfigError(f"model.d_model: {m.d_model} is not divisible by model.n_heads={m.n_heads}")
+    if m.mixer == "attention" and m.head_dim % 2:
+        raise ConfigError(f"model.n_heads: head width {m.head_dim} must be even for RoPE")
+    if not m.cms_levels:
+        raise ConfigError("model.cms_levels: at least one level is needed")
+    for i, level in enumerate(m.cms_levels):
+        if level.hidden <= 0 or level.period <= 0:
+            raise ConfigError(f"model.cms_levels[{i}]: hidden and period must be > 0, got {level}")
+    if p.tp <= 0:
+        raise ConfigError(f"parallel.tp: must be > 0, got {p.tp}")
+    if m.n_heads % p.tp:
+        raise ConfigError(f"model.n_heads: {m.n_heads} is not divisible by parallel.tp={p.tp}")
+    for i, level in enumerate(m.cms_levels):
+        if level.hidden % p.tp:
+            raise ConfigError(f"model.cms_levels[{i}].hidden: {level.hidden} is not divisible by parallel.tp={p.tp}")
+    if p.zero_stage not in (0, 1, 2, 3):
+        raise ConfigError(f"parallel.zero_stage: must be 0, 1, 2 or 3, got {p.zero_stage}")
+    for key in ("seq_len", "global_batch", "micro_batch", "steps"):
+        if getattr(t, key) <= 0:
+            raise ConfigError(f"train.{key}: must be > 0, got {getattr(t, key)}")
+    if t.global_batch % t.micro_batch:
+        raise ConfigError(f"train.global_batch: {t.global_batch} is not divisible by train.micro_batch={t.micro_batch}")
+    if t.dtype not in ("auto", "fp32", "bf16"):
+        raise ConfigError(f"train.dtype: {t.dtype!r} is not one of auto, fp32, bf16")
+    if cfg.data.weights and len(cfg.data.weights) != len(cfg.data.paths):
+        raise ConfigError(
+            f"data.weights: {len(cfg.data.weights)} weights for {len(cfg.data.paths)} data.paths"
+        )

@@ -1,0 +1,162 @@
+"""The self-modifying Titans recurrence chunk-wise in torch (WY/UT form), exact w.r.t. the reference.
+
+Within a self-modification chunk the keys, queries, values, gates and self-generated values all
+come from the states at the end of the previous chunk, so the per-token recurrence of the six
+memories is one gated delta rule with shared keys and gates and six value blocks stacked along the
+value dimension. Across chunks the loop is serial (spec §2, implementer facts).
+
+Packed batches: every sequence gets its own chunk grid. Sequences are sorted by their number of
+chunks, so at loop step i the sequences still running are a prefix of the sorted order; all
+chunks are gathered into one padded [slots, C] layout once, before the loop, and split by step,
+which keeps the backward linear in T (per-step slicing of the full input would be O(T^2/C)).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .common import (
+    MEM_ALPHA,
+    MEM_ETA,
+    MEM_K,
+    MEM_MAIN,
+    MEM_Q,
+    MEM_V,
+    MEMORIES,
+    check_inputs,
+    compute_dtype,
+    learning_rate,
+    log_decay,
+    sequence_lengths,
+    unit_norm,
+)
+
+
+class ChunkSchedule:
+    """Where every token of a (packed) batch sits in the step-major chunk layout.
+
+    `gather_index` [slots, C] points into the flattened tokens (padding points at one extra zero
+    row), `valid` marks real tokens, `active[i]` is how many sequences run at step i, `scatter_index`
+    maps each flattened token back to its slot position, and `order` is the sort of the sequences.
+    """
+
+    def __init__(self, lengths: list[int], chunk_size: int, device: torch.device):
+        C = chunk_size
+        total = sum(lengths)
+        starts = torch.tensor([0] + lengths[:-1], dtype=torch.long).cumsum(0)
+        n_chunks = torch.tensor([-(-n // C) for n in lengths], dtype=torch.long)
+        order = torch.argsort(n_chunks, descending=True, stable=True)
+        lens_sorted = torch.tensor(lengths, dtype=torch.long)[order]
+        starts_sorted = starts[order]
+        n_sorted = n_chunks[order]
+        steps = int(n_sorted[0]) if len(lengths) else 0
+        self.active = [int((n_sorted > i).sum()) for i in range(steps)]
+        offs = torch.arange(C, dtype=torch.long)
+        index, valid = [], []
+        for i, n in enumerate(self.active):
+            pos_in_seq = i * C + offs[None, :]  # [1, C]
+            ok = pos_in_seq < lens_sorted[:n, None]
+            index.append(torch.where(ok, starts_sorted[:n, None] + pos_in_seq, total))
+            valid.append(ok)
+        self.gather_index = torch.cat(index).to(device)
+        self.valid = torch.cat(valid).to(device)
+        flat_slots = self.gather_index.flatten()
+        real = self.valid.flatten().nonzero().squeeze(1)
+        self.scatter_index = torch.empty(total, dtype=torch.long, device=device)
+        self.scatter_index[flat_slots[real]] = real
+        self.order = order.to(device)
+        self.num_sequences = len(lengths)
+
+
+def _read(S: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """M(u) = u + S u for a chunk: S [n, H, D, D], u [n, C, H, D]."""
+    return u + torch.einsum("nhij,nchj->nchi", S, u)
+
+
+def _chunk_step(S, uq, uk, uv, ue, ua, valid, w_eta, b_eta, w_alpha, b_alpha, a_log):
+    """One self-modification chunk for n sequences at once.
+
+    S [n, H, 6, D, D] are the states at the chunk start, inputs [n, C, H, D]. Returns the main
+    memory's output [n, C, H, D] and the states at the chunk end.
+    """
+    n, C, H, D = uq.shape
+    k = unit_norm(_read(S[:, :, MEM_K], uk))
+    q = unit_norm(_read(S[:, :, MEM_Q], uq))
+    v = unit_norm(_read(S[:, :, MEM_V], uv))
+    # w . M(u) = w . u + (S^T w) . u: S_eta and S_alpha are read through one vector per chunk.
+    r_eta = w_eta + torch.einsum("nhij,hi->nhj", S[:, :, MEM_ETA], w_eta)
+    r_alpha = w_alpha + torch.einsum("nhij,hi->nhj", S[:, :, MEM_ALPHA], w_alpha)
+    mask = valid[:, :, None].float()
+    # Padding (past a sequence's end) gets beta = 0 and g = 0: it leaves the state untouched.
+    beta = learning_rate(torch.einsum("nchd,nhd->nch", ue, r_eta) + b_eta) * mask
+    g = log_decay(torch.einsum("nchd,nhd->nch", ua, r_alpha) + b_alpha, a_log) * mask
+    v_hat = unit_norm(v[:, :, :, None] + torch.einsum("nhmij,nchj->nchmi", S, v))  # [n, C, H, 6, D]
+
+    # Gated delta rule over the chunk, heads first: values are the six blocks v_hat - k.
+    M = len(MEMORIES)
+    K = k.transpose(1, 2)  # [n, H, C, D]
+    Q = q.transpose(1, 2)
+    V = (v_hat - k[:, :, :, None]).permute(0, 2, 1, 3, 4).reshape(n, H, C, M * D)
+    beta = beta.transpose(1, 2)  # [n, H, C]
+    G = g.transpose(1, 2).cumsum(-1)  # log of the decay from the chunk start, <= 0
+    S0 = S.reshape(n, H, M * D, D)
+    causal = torch.ones(C, C, dtype=torch.bool, device=uq.device).tril()
+    # exp(G_t - G_j) masked before the exp: exp(G_t) * exp(-G_j) overflows for long chunks.
+    decay = (G[..., :, None] - G[..., None, :]).masked_fill(~causal, float("-inf")).exp()
+    KK = K @ K.transpose(-1, -2)
+    A = (beta[..., :, None] * decay * KK).tril(-1)
+    rhs = beta[..., None] * (V - G.exp()[..., None] * (K @ S0.transpose(-1, -2)))
+    # U = (I + A)^-1 rhs: the per-token "new values" u_t = beta_t (v_t - alpha_t S_{t-1} k_t).
+    U = torch.linalg.solve_triangular(A, rhs, upper=False, unitriangular=True)
+    mem = slice(MEM_MAIN * D, (MEM_MAIN + 1) * D)
+    S_mem = S[:, :, MEM_MAIN]
+    O = G.exp()[..., None] * (Q @ S_mem.transpose(-1, -2)) + (decay * (Q @ K.transpose(-1, -2))) @ U[..., mem]
+    out = Q + O  # M_mem(q) = q + S_mem q, read after the write
+    G_end = G[..., -1:]
+    S_next = G_end.exp()[..., None] * S0 + (U * (G_end - G).exp()[..., None]).transpose(-1, -2) @ K
+    return out.transpose(1, 2), S_next.reshape(n, H, M, D, D)
+
+
+def titans_chunk(
+    u_q: torch.Tensor,
+    u_k: torch.Tensor,
+    u_v: torch.Tensor,
+    u_eta: torch.Tensor,
+    u_alpha: torch.Tensor,
+    s0: torch.Tensor,
+    w_eta: torch.Tensor,
+    b_eta: torch.Tensor,
+    w_alpha: torch.Tensor,
+    b_alpha: torch.Tensor,
+    a_log: torch.Tensor,
+    chunk_size: int,
+    cu_seqlens: torch.Tensor | None = None,
+    output_final_state: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Chunk-wise self-modifying Titans; same signature and results as `titans_reference`."""
+    check_inputs(u_q, u_k, u_v, u_eta, u_alpha, s0, w_eta, b_eta, w_alpha, b_alpha, a_log, chunk_size)
+    B, T, H, D = u_q.shape
+    sched = ChunkSchedule(sequence_lengths(B, T, cu_seqlens), chunk_size, u_q.device)
+    dt = compute_dtype(u_q)
+    x = torch.stack([u.reshape(B * T, H, D).to(dt) for u in (u_q, u_k, u_v, u_eta, u_alpha)], 1)
+    x = torch.cat([x, x.new_zeros(1, *x.shape[1:])])  # the zero row that padding points at
+    slots = x[sched.gather_index]  # [slots, C, 5, H, D], one gather for the whole batch
+    params = [p.to(dt) for p in (w_eta, b_eta, w_alpha, b_alpha, a_log)]
+
+    S = s0.to(dt).expand(sched.num_sequences, *s0.shape)
+    outs, finished = [], []
+    for step, (xs, ok) in enumerate(
+        zip(slots.split(sched.active), sched.valid.split(sched.active))
+    ):
+        o, S = _chunk_step(S, *xs.unbind(2), ok, *params)
+        outs.append(o)
+        still = sched.active[step + 1] if step + 1 < len(sched.active) else 0
+        finished.append(S[still:])  # sequences whose last chunk this was
+        S = S[:still]
+    o = torch.cat(outs).flatten(0, 1)[sched.scatter_index].reshape(B, T, H, D)
+    if not output_final_state:
+        return o, None
+    # Sequences finish from the end of the sorted order backwards.
+    final_sorted = torch.cat(finished[::-1])
+    final = final_sorted[torch.argsort(sched.order)]
+    return o, final

@@ -1,0 +1,108 @@
+"""The forms of the self-modifying Titans op agree with each other and with fla's gated delta rule."""
+
+import pytest
+import torch
+
+from hope_mega.ops.chunk import titans_chunk
+from hope_mega.ops.common import MEM_K, MEM_MAIN, MEM_Q, MEM_V, log_decay, unit_norm
+from hope_mega.ops.reference import titans_reference
+
+NAMES = ["u_q", "u_k", "u_v", "u_eta", "u_alpha", "s0", "w_eta", "b_eta", "w_alpha", "b_alpha", "a_log"]
+
+
+def run_with_grads(op, leaves, chunk_size, cu_seqlens=None, seed=1):
+    o, final = op(*leaves, chunk_size=chunk_size, cu_seqlens=cu_seqlens, output_final_state=True)
+    g = torch.Generator().manual_seed(seed)
+    w_o = torch.randn(o.shape, generator=g, dtype=o.dtype)
+    w_s = torch.randn(final.shape, generator=g, dtype=final.dtype)
+    ((o * w_o).sum() + (final * w_s).sum()).backward()
+    return o.detach(), final.detach(), [x.grad for x in leaves]
+
+
+def assert_forms_agree(inp, chunk_size, cu_seqlens=None):
+    o_ref, s_ref, g_ref = run_with_grads(titans_reference, inp.leaves(), chunk_size, cu_seqlens)
+    o_chk, s_chk, g_chk = run_with_grads(titans_chunk, inp.leaves(), chunk_size, cu_seqlens)
+    assert (o_ref - o_chk).abs().max() <= 1e-5
+    assert (s_ref - s_chk).abs().max() <= 1e-5
+    for name, a, b in zip(NAMES, g_ref, g_chk):
+        rel = (a - b).norm() / a.norm().clamp_min(1e-12)
+        assert rel <= 1e-4, f"gradient of {name}: relative error {rel:.2e}"
+
+
+@pytest.mark.parametrize("T", [1, 17, 64, 200])
+@pytest.mark.parametrize("C", [8, 64])
+@pytest.mark.parametrize("H", [1, 3])
+def test_chunk_equals_reference(titans_inputs, T, C, H):
+    assert_forms_agree(titans_inputs(B=2, T=T, H=H, D=8, seed=T * 100 + C + H), C)
+
+
+@pytest.mark.parametrize("C", [8, 16])
+def test_chunk_equals_reference_packed(titans_inputs, C):
+    # Two rows of 50: documents of odd lengths, one spanning a whole row, one of length 1.
+    cu = torch.tensor([0, 13, 37, 49, 50, 100])
+    assert_forms_agree(titans_inputs(B=2, T=50, H=3, D=8, seed=C), C, cu)
+
+
+def test_fp64_agreement_is_rounding_error(titans_inputs):
+    inp = titans_inputs(B=1, T=45, H=2, D=8, dtype=torch.float64, u_scale=2.0)
+    cu = torch.tensor([0, 20, 45])
+    o_ref, s_ref, g_ref = run_with_grads(titans_reference, inp.leaves(), 8, cu)
+    o_chk, s_chk, g_chk = run_with_grads(titans_chunk, inp.leaves(), 8, cu)
+    assert (o_ref - o_chk).abs().max() <= 1e-12
+    assert (s_ref - s_chk).abs().max() <= 1e-12
+    for a, b in zip(g_ref, g_chk):
+        assert (a - b).abs().max() <= 1e-10 * max(1.0, a.abs().max().item())
+
+
+def test_packed_documents_are_independent(titans_inputs):
+    inp = titans_inputs(B=1, T=60, H=2, D=8)
+    cu = torch.tensor([0, 11, 40, 60])
+    o, s = titans_chunk(*inp.us, *inp.params, chunk_size=8, cu_seqlens=cu, output_final_state=True)
+    changed = [u.clone() for u in inp.us]
+    for u in changed:
+        u[:, 11:40] = torch.randn_like(u[:, 11:40])
+    o2, s2 = titans_chunk(*changed, *inp.params, chunk_size=8, cu_seqlens=cu, output_final_state=True)
+    assert (o2[:, 11:40] - o[:, 11:40]).abs().max() > 1e-2  # the changed document did change
+    assert torch.equal(o2[:, :11], o[:, :11]) and torch.equal(o2[:, 40:], o[:, 40:])
+    assert torch.equal(s2[0], s[0]) and torch.equal(s2[2], s[2])
+    # A document's outputs do not depend on where it sits in the row: run it alone.
+    alone, s_alone = titans_chunk(
+        *[u[:, 40:60] for u in inp.us], *inp.params, chunk_size=8, output_final_state=True
+    )
+    assert (alone - o[:, 40:60]).abs().max() <= 1e-6
+    assert (s_alone[0] - s[2]).abs().max() <= 1e-6
+
+
+def test_long_sequence_from_zero_state_stays_bounded(titans_inputs):
+    # Spec §2: T = 8K from S0 = 0 with |u_v| ~ 5 must stay finite and bounded.
+    D = 16
+    inp = titans_inputs(B=1, T=8192, H=2, D=D, u_scale=5.0 / D**0.5)
+    inp.s0.zero_()
+    for C in (16, 64):
+        o, s = titans_chunk(*inp.us, *inp.params, chunk_size=C, output_final_state=True)
+        assert torch.isfinite(o).all() and torch.isfinite(s).all()
+        # |o| <= 1 + |S_mem| for a unit query, so this bounds the main memory along the way.
+        assert o.norm(dim=-1).max() < 10.0
+        assert s.flatten(-2).norm(dim=-1).max() < 10.0
+
+
+def test_one_chunk_reduces_to_fla_gated_delta_rule(titans_inputs):
+    """With C >= T the adaptive memories never feed back: o = q + GDN(q, k, v_hat_mem - k)."""
+    from fla.ops.gated_delta_rule import naive_recurrent_gated_delta_rule
+
+    inp = titans_inputs(B=2, T=40, H=3, D=8)
+    u_q, u_k, u_v, u_eta, u_alpha = inp.us
+    s0 = inp.s0
+
+    def read(m, u):  # M(u) = u + S_m,0 u with the initial states
+        return u + torch.einsum("hij,bthj->bthi", s0[:, m], u)
+
+    q, k, v = unit_norm(read(MEM_Q, u_q)), unit_norm(read(MEM_K, u_k)), unit_norm(read(MEM_V, u_v))
+    beta = torch.sigmoid((inp.w_eta * (u_eta + torch.einsum("hij,bthj->bthi", s0[:, 3], u_eta))).sum(-1) + inp.b_eta)
+    g = log_decay((inp.w_alpha * (u_alpha + torch.einsum("hij,bthj->bthi", s0[:, 4], u_alpha))).sum(-1) + inp.b_alpha, inp.a_log)
+    v_hat = unit_norm(read(MEM_MAIN, v))
+    initial = s0[:, MEM_MAIN].transpose(-1, -2).expand(2, -1, -1, -1)  # fla's state is S^T
+    gdn, _ = naive_recurrent_gated_delta_rule(q, k, v_hat - k, beta, g, scale=1.0, initial_state=initial)
+
+    o, _ = titans_chunk(*inp.us, *inp.params, chunk_size=64)
+    assert (o - (q + gdn)).abs().max() <= 2e-5
