@@ -1,0 +1,36 @@
+"""The self-modifying Titans recurrence (spec §2) in its forms, all with one signature:
+
+- `titans_reference` (reference.py): token by token, the definition;
+- `titans_chunk` (chunk.py): chunk-wise WY/UT form in torch, autograd backward; the CPU path;
+- `titans_fla` (fla_chunked.py): fla's chunk_gated_delta_rule once per self-modification chunk;
+- `titans_fused` (fused.py): one Triton kernel that owns the whole chunk loop; the GPU path.
+
+`titans()` picks the fast form for the device.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .chunk import titans_chunk
+from .reference import titans_reference
+
+IMPLEMENTATIONS = ("auto", "reference", "chunk", "fla", "fused")
+
+
+def titans(*args, impl: str = "auto", **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if impl == "auto":
+        impl = "fused" if args[0].is_cuda else "chunk"
+    if impl == "chunk":
+        return titans_chunk(*args, **kwargs)
+    if impl == "reference":
+        return titans_reference(*args, **kwargs)
+    if impl == "fla":
+        from .fla_chunked import titans_fla
+
+        return titans_fla(*args, **kwargs)
+    if impl == "fused":
+        from .fused import titans_fused
+
+        return titans_fused(*args, **kwargs)
+    raise ValueError(f"unknown Titans implementation {impl!r}; choose one of {IMPLEMENTATIONS}")
