@@ -34,8 +34,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .config import ConfigError
+
     args = build_parser().parse_args(argv)
-    result = args.func(args)
+    try:
+        result = args.func(args)
+    except ConfigError as err:
+        print(f"hope-mega {args.command}: error: {err}", file=sys.stderr)
+        return 2
     return int(result or 0)
 
 

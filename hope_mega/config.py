@@ -139,6 +139,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)
@@ -198,10 +203,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             raise ConfigError(f"{source}: not valid YAML ({err})") from None
         if not isinstance(tree, dict):
             raise ConfigError(f"{source}: top level must be a mapping of sections")
-    for text in overrides:
-        keys, value = _parse_override(text)
-        _set_dotted(tree, keys, value, f"override {text!r}")
     try:
+        for text in overrides:
+            keys, value = _parse_override(text)
+            _set_dotted(tree, keys, value, f"override {text!r}")
         cfg = _build(Config, tree, "")
         validate(cfg)
     except ConfigError as err:

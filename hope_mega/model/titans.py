@@ -1,0 +1,74 @@
+"""The self-modifying Titans mixer (spec §2): static projections, short conv, fast memories."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..config import ModelConfig
+from ..ops import titans
+from ..ops.common import MEMORIES
+from .conv import document_causal_conv
+from .documents import Documents
+from .layers import mark_split
+
+# Sections of the fused input projection, each n_heads * head_dim wide.
+SECTIONS = ("q", "k", "v", "eta", "alpha", "gate")
+
+
+class TitansMixer(nn.Module):
+    def __init__(self, cfg: ModelConfig, layers, n_layers: int, impl: str = "auto"):
+        super().__init__()
+        D = cfg.head_dim
+        self.heads = cfg.n_heads // layers.tp_size  # this rank's heads
+        self.head_dim = D
+        self.chunk_size = cfg.chunk_size
+        self.eps = cfg.norm_eps
+        self.impl = impl
+        self.in_proj = layers.column(cfg.d_model, len(SECTIONS) * cfg.n_heads * D, cfg.init_std, sections=len(SECTIONS))
+        self.out_proj = layers.row(cfg.n_heads * D, cfg.d_model, cfg.init_std / math.sqrt(2 * n_layers))
+        H = self.heads
+
+        def head_param(*shape):
+            return mark_split(nn.Parameter(torch.empty(*shape)), 0)
+
+        self.conv_weight = mark_split(nn.Parameter(torch.empty(3, H, D, cfg.conv_size)), 1)  # q, k, v
+        self.s0 = head_param(H, len(MEMORIES), D, D)  # learned initial states, fp32
+        self.w_eta, self.w_alpha = head_param(H, D), head_param(H, D)
+        self.b_eta, self.b_alpha, self.a_log = head_param(H), head_param(H), head_param(H)
+        self.out_norm = head_param(H, D)
+        self.reset_titans_parameters()
+
+    @torch.no_grad()
+    def reset_titans_parameters(self) -> None:
+        D, K = self.head_dim, self.conv_weight.shape[-1]
+        nn.init.uniform_(self.conv_weight, -(K**-0.5), K**-0.5)  # nn.Conv1d's default, fan_in = K
+        # Spec §2: zero initial states (every adaptive projection starts as the identity), Gated
+        # DeltaNet's gate initialisation, and w ~ N(0, 1/d_h) so S_eta,0 and S_alpha,0 get gradient.
+        self.s0.zero_()
+        self.w_eta.normal_(std=D**-0.5)
+        self.w_alpha.normal_(std=D**-0.5)
+        self.b_eta.zero_()
+        self.a_log.uniform_(1, 16).log_()
+        dt = torch.empty_like(self.b_alpha).uniform_(math.log(1e-3), math.log(1e-1)).exp()
+        self.b_alpha.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+        self.out_norm.fill_(1.0)
+
+    def forward(self, x: torch.Tensor, docs: Documents) -> torch.Tensor:
+        """x [T, B, d] (sequence-sharded under sequence parallelism) -> [T, B, d]."""
+        z = self.in_proj(x)  # [T, B, 6 * H * D], the whole sequence, this rank's heads
+        T, B = z.shape[:2]
+        H, D = self.heads, self.head_dim
+        z = z.transpose(0, 1).float().reshape(B, T, len(SECTIONS), H, D)  # fp32 from here (spec §4)
+        qkv = F.silu(document_causal_conv(z[:, :, :3], self.conv_weight, docs.position))
+        o, _ = titans(
+            *qkv.unbind(2), z[:, :, 3], z[:, :, 4],
+            self.s0, self.w_eta, self.b_eta, self.w_alpha, self.b_alpha, self.a_log,
+            chunk_size=self.chunk_size, cu_seqlens=docs.cu_seqlens, impl=self.impl,
+        )  # fmt: skip
+        o = o * torch.rsqrt(o.square().mean(-1, keepdim=True) + self.eps) * self.out_norm
+        y = (o * F.silu(z[:, :, 5])).to(x.dtype).reshape(B, T, H * D).transpose(0, 1)
+        return self.out_proj(y)

@@ -1,0 +1,98 @@
+"""`hope-mega params`: parameter count per component, and model FLOPs per token.
+
+The FLOPs are counted for Hope's own layers, the figure MFU is computed from: the static
+projections, the short conv, the self-modifying recurrence of all six memories as the chunk-wise
+form computes it, the CMS levels and the LM head. A transformer's 6N + attention formula
+misses the recurrence, which at d_h = 128 and C = 64 is about a third of a Hope layer's matmuls.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import OrderedDict
+
+import torch
+
+from .config import Config, ModelConfig, load_config
+from .ops.common import MEMORIES
+
+
+def parameter_counts(cfg: ModelConfig) -> "OrderedDict[str, int]":
+    """Parameters per component of the full (TP = 1) model, counted on the meta device."""
+    from .model.lm import HopeLM
+
+    with torch.device("meta"):
+        model = HopeLM(cfg)
+    counts: OrderedDict[str, int] = OrderedDict()
+
+    def add(name: str, module_or_params) -> None:
+        params = module_or_params.parameters() if hasattr(module_or_params, "parameters") else module_or_params
+        counts[name] = counts.get(name, 0) + sum(p.numel() for p in params)
+
+    add("embedding", model.embed)
+    for block in model.blocks:
+        mixer = block.mixer
+        projections = [p for n, p in mixer.named_parameters() if n.endswith("proj.weight")]
+        add(f"{cfg.mixer}.projections", projections)
+        add(f"{cfg.mixer}.memory_and_gates", [p for p in mixer.parameters() if all(p is not q for q in projections)])
+        add("norms", block.mixer_norm)
+        for i, level in enumerate(block.cms.levels):
+            add(f"cms.level{i}(P={level.period})", level)
+    add("norms", model.final_norm)
+    if model.head is not None:
+        add("lm_head", model.head)
+    counts["total_params"] = sum(counts.values())
+    return counts
+
+
+def flops_per_token(cfg: ModelConfig, seq_len: int) -> dict[str, float]:
+    """Forward + backward FLOPs per token (backward = 2 x forward), per component."""
+    d, H, D, C = cfg.d_model, cfg.n_heads, cfg.head_dim, cfg.chunk_size
+    M = len(MEMORIES)
+    per_layer: dict[str, float] = {}
+    if cfg.mixer == "titans":
+        per_layer["titans.projections"] = 2 * d * 6 * H * D + 2 * H * D * d
+        per_layer["titans.conv"] = 2 * 3 * H * D * cfg.conv_size
+        # Per head and token, as chunk.py computes it: reads M(u) of k, q, v (3 x 2D^2); the six
+        # self-generated values (2MD^2); K S0^T and the state update (2 x 2MD^2); Q S_mem^T (2D^2);
+        # the per-chunk w + S^T w of eta and alpha (4D^2 / C); within the chunk K K^T, Q K^T and the
+        # intra-chunk output (3 x 2CD) and the triangular solve over 6D values (C M D).
+        recurrence = (8 + 6 * M) * D * D + 4 * D * D / C + 6 * C * D + C * M * D
+        per_layer["titans.recurrence"] = H * recurrence
+    else:
+        per_layer["attention.projections"] = 2 * d * 3 * H * D + 2 * H * D * d
+        # Causal: on average a token attends to seq_len / 2 positions, QK^T and PV at 2 FLOPs each.
+        per_layer["attention.scores"] = 2 * 2 * H * D * seq_len / 2
+    for i, level in enumerate(cfg.cms_levels):
+        per_layer[f"cms.level{i}"] = 2 * d * 2 * level.hidden + 2 * level.hidden * d
+    out = {name: 3 * cfg.n_layers * f for name, f in per_layer.items()}
+    out["lm_head"] = 3 * 2 * d * cfg.vocab_size
+    out["total_flops_per_token"] = sum(out.values())
+    return out
+
+
+def describe(cfg: Config) -> str:
+    lines = [f"# {cfg.model.name}: mixer={cfg.model.mixer} d_model={cfg.model.d_model} "
+             f"n_layers={cfg.model.n_layers} n_heads={cfg.model.n_heads} head_dim={cfg.model.head_dim}"]
+    counts = parameter_counts(cfg.model)
+    for name, n in counts.items():
+        if name != "total_params":
+            lines.append(f"{name}: {n:,}")
+    flops = flops_per_token(cfg.model, cfg.train.seq_len)
+    lines.append(f"# training FLOPs per token (fwd+bwd) at seq_len={cfg.train.seq_len}")
+    for name, f in flops.items():
+        lines.append(f"flops.{name}: {f:.4g}")
+    lines.append(f"total_params: {counts['total_params']}")
+    return "\n".join(lines)
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("params", help="parameter count per component and FLOPs per token")
+    p.add_argument("--config", required=True, help="YAML config file")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    print(describe(load_config(args.config, args.overrides)))
+    return 0
