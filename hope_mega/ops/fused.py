@@ -265,3 +265,125 @@ def titans_fused_torch(u_q, u_k, u_v, u_eta, u_alpha, s0, w_eta, b_eta, w_alpha,
     o, final = _TitansTorchManual.apply(u_q, u_k, u_v, u_eta, u_alpha, s0, w_eta, b_eta, w_alpha, b_alpha,
                                         a_log, chunk_size, cu_seqlens)
     return o, (final if output_final_state else None)
+
+
+# ------------------------------------------------------------------------------------------------
+# The Triton form.
+# ------------------------------------------------------------------------------------------------
+
+
+def _block_rows(C: int) -> int:
+    # tl.dot needs every block dimension >= 16; shorter chunks run padded (see fused_kernels.py).
+    return max(16, triton_next_power_of_2(C))
+
+
+def triton_next_power_of_2(n: int) -> int:
+    return 1 << (n - 1).bit_length()
+
+
+def _layout(B, T, chunk_size, cu_seqlens, device):
+    """Sequence bounds and the first boundary-state slot of each sequence (n_chunks + 1 slots each:
+    the chunk starts and the final state)."""
+    lengths = sequence_lengths(B, T, cu_seqlens)
+    n_chunks = [-(-n // chunk_size) for n in lengths]
+    cu = [0]
+    for n in lengths:
+        cu.append(cu[-1] + n)
+    slot0 = [0]
+    for n in n_chunks:
+        slot0.append(slot0[-1] + n + 1)
+    as_tensor = lambda xs: torch.tensor(xs, dtype=torch.int64, device=device)  # noqa: E731
+    return as_tensor(cu), as_tensor(slot0[:-1]), as_tensor(n_chunks), slot0[-1]
+
+
+def _check_runnable(x: torch.Tensor, D: int):
+    if not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        raise RuntimeError(
+            "titans_fused runs Triton kernels: use CUDA tensors, or set TRITON_INTERPRET=1 before "
+            "triton is imported to run them (slowly) on CPU; the CPU path is titans_chunk"
+        )
+    if D < 16 or D & (D - 1):
+        raise ValueError(f"titans_fused needs a power-of-two head_dim >= 16, got {D}")
+
+
+def _num_warps(D: int) -> int:
+    return 8 if D >= 128 else 4
+
+
+class _TitansFused(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u_q, u_k, u_v, u_eta, u_alpha, s0, w_eta, b_eta, w_alpha, b_alpha, a_log, C, cu_seqlens):
+        from .fused_kernels import NORM_EPS as KERNEL_EPS
+        from .fused_kernels import _titans_fwd_kernel
+
+        assert KERNEL_EPS == NORM_EPS
+        B, T, H, D = u_q.shape
+        dev = u_q.device
+        xs = [u.reshape(B * T, H, D).contiguous() for u in (u_q, u_k, u_v, u_eta, u_alpha)]
+        params = [p.detach().to(torch.float32).contiguous() for p in (w_eta, b_eta, w_alpha, b_alpha, a_log)]
+        cu, slot0, n_chunks, n_slots = _layout(B, T, C, cu_seqlens, dev)
+        N = cu.numel() - 1
+        states = torch.empty(n_slots, H, NUM_MEM, D, D, dtype=torch.float32, device=dev)
+        states[slot0] = s0.detach().to(torch.float32)
+        o = torch.empty(B * T, H, D, dtype=torch.float32, device=dev)
+        _titans_fwd_kernel[(N, H)](
+            *xs, *params, states, o, cu, slot0,
+            H=H, D=D, C=C, BC=_block_rows(C), EPS=NORM_EPS, num_warps=_num_warps(D),
+        )
+        ctx.save_for_backward(*xs, *params, states, cu, slot0)
+        ctx.meta = (B, T, H, D, C, N, s0.dtype, [u.dtype for u in (u_q, u_k, u_v, u_eta, u_alpha)],
+                    [p.dtype for p in (w_eta, b_eta, w_alpha, b_alpha, a_log)])
+        return o.reshape(B, T, H, D), states[slot0 + n_chunks]
+
+    @staticmethod
+    def backward(ctx, do, dfinal):
+        from .fused_kernels import _titans_bwd_kernel
+
+        B, T, H, D, C, N, s0_dtype, u_dtypes, p_dtypes = ctx.meta
+        saved = ctx.saved_tensors
+        xs, params, (states, cu, slot0) = saved[:5], saved[5:10], saved[10:]
+        dev = states.device
+        f32 = dict(dtype=torch.float32, device=dev)
+        if do is None:
+            do = torch.zeros(B * T, H, D, **f32)
+        do = do.reshape(B * T, H, D).to(torch.float32).contiguous()
+        ds = dfinal.to(torch.float32).clone().contiguous() if dfinal is not None else torch.zeros(N, H, NUM_MEM, D, D, **f32)
+        du = [torch.empty(B * T, H, D, **f32) for _ in range(5)]
+        dw_eta, dw_alpha = torch.empty(N, H, D, **f32), torch.empty(N, H, D, **f32)
+        db_eta, db_alpha, da_log = (torch.empty(N, H, **f32) for _ in range(3))
+        _titans_bwd_kernel[(N, H)](
+            *xs, *params, states, do, ds, *du, dw_eta, db_eta, dw_alpha, db_alpha, da_log, cu, slot0,
+            H=H, D=D, C=C, BC=_block_rows(C), EPS=NORM_EPS, num_warps=_num_warps(D),
+        )
+        grads_u = [g.reshape(B, T, H, D).to(dt) for g, dt in zip(du, u_dtypes)]
+        grads_p = [g.sum(0).to(dt) for g, dt in zip((dw_eta, db_eta, dw_alpha, db_alpha, da_log), p_dtypes)]
+        return (*grads_u, ds.sum(0).to(s0_dtype), *grads_p, None, None)
+
+
+def titans_fused(
+    u_q: torch.Tensor,
+    u_k: torch.Tensor,
+    u_v: torch.Tensor,
+    u_eta: torch.Tensor,
+    u_alpha: torch.Tensor,
+    s0: torch.Tensor,
+    w_eta: torch.Tensor,
+    b_eta: torch.Tensor,
+    w_alpha: torch.Tensor,
+    b_alpha: torch.Tensor,
+    a_log: torch.Tensor,
+    chunk_size: int,
+    cu_seqlens: torch.Tensor | None = None,
+    output_final_state: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Fused chunk-wise self-modifying Titans (Triton); same signature and results as `titans_chunk`.
+
+    Inputs may be bf16 or fp32; states, accumulation and the output o [B, T, H, D] are fp32.
+    Extra memory: the boundary states, (n_chunks + 1) × H × 6 × D × D fp32 per sequence, kept for
+    the backward.
+    """
+    check_inputs(u_q, u_k, u_v, u_eta, u_alpha, s0, w_eta, b_eta, w_alpha, b_alpha, a_log, chunk_size)
+    _check_runnable(u_q, u_q.shape[-1])
+    o, final = _TitansFused.apply(u_q, u_k, u_v, u_eta, u_alpha, s0, w_eta, b_eta, w_alpha, b_alpha, a_log,
+                                  chunk_size, cu_seqlens)
+    return o, (final if output_final_state else None)
