@@ -1,0 +1,146 @@
+"""The fused Titans op (Triton kernels, and their algorithm in torch) equals the chunk-wise torch path.
+
+The Triton kernels run on CPU only under TRITON_INTERPRET=1, which must be set before triton is
+imported; other tests import triton normally in this process, so the interpreted comparison runs
+this file as a script in a fresh interpreter and asserts on the error figures it prints as JSON.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+sys.path.insert(0, str(HERE))  # conftest's TitansInputs, also when run as a script
+
+from conftest import TitansInputs  # noqa: E402
+
+from hope_mega.ops.chunk import titans_chunk  # noqa: E402
+from hope_mega.ops.fused import titans_fused, titans_fused_torch  # noqa: E402
+
+NAMES = ["u_q", "u_k", "u_v", "u_eta", "u_alpha", "s0", "w_eta", "b_eta", "w_alpha", "b_alpha", "a_log"]
+
+# (name, B, T, H, D, C, cu_seqlens, dtype): T never a multiple of C; C = 8 and 13 run in a padded
+# 16-row block; the packed rows hold a document spanning a whole row and one of length 1.
+INTERPRETED_CASES = [
+    ("rows", 2, 40, 2, 16, 16, None, "float32"),
+    ("packed", 2, 30, 2, 16, 8, [0, 7, 29, 30, 60], "float32"),
+    ("packed_odd_chunk", 1, 45, 2, 32, 13, [0, 20, 21, 45], "float32"),
+    ("bf16_inputs", 1, 40, 2, 16, 16, None, "bfloat16"),
+]
+
+
+def run_with_grads(op, leaves, chunk_size, cu_seqlens=None, seed=1):
+    o, final = op(*leaves, chunk_size=chunk_size, cu_seqlens=cu_seqlens, output_final_state=True)
+    g = torch.Generator().manual_seed(seed)
+    w_o = torch.randn(o.shape, generator=g, dtype=o.dtype)
+    w_s = torch.randn(final.shape, generator=g, dtype=final.dtype)
+    ((o * w_o).sum() + (final * w_s).sum()).backward()
+    return o.detach(), final.detach(), [x.grad for x in leaves]
+
+
+def errors(inp, op, chunk_size, cu_seqlens, other_chunk_size=None):
+    """Max abs error of outputs and final states, relative error of every gradient, op vs chunk."""
+    o_a, s_a, g_a = run_with_grads(titans_chunk, inp.leaves(), other_chunk_size or chunk_size, cu_seqlens)
+    o_b, s_b, g_b = run_with_grads(op, inp.leaves(), chunk_size, cu_seqlens)
+    rel = {
+        n: ((a.double() - b.double()).norm() / a.double().norm().clamp_min(1e-30)).item()
+        for n, a, b in zip(NAMES, g_a, g_b)
+    }
+    return {
+        "o": (o_a - o_b).abs().max().item(),
+        "final": (s_a - s_b).abs().max().item(),
+        "grad_rel": rel,
+    }
+
+
+def interpreted_figures():
+    """Run in a fresh interpreter with TRITON_INTERPRET=1: the Triton kernels against chunk."""
+    from hope_mega.ops import titans
+
+    out = {}
+    for name, B, T, H, D, C, cu, dtype in INTERPRETED_CASES:
+        inp = TitansInputs(B=B, T=T, H=H, D=D, dtype=getattr(torch, dtype), seed=T + C)
+        cu_t = torch.tensor(cu) if cu is not None else None
+        start = time.perf_counter()
+        out[name] = errors(inp, titans_fused, C, cu_t)
+        out[name]["seconds"] = time.perf_counter() - start
+    # The dispatcher's "fused" form is this kernel.
+    inp = TitansInputs(B=1, T=20, H=1, D=16)
+    a, _ = titans(*inp.us, *inp.params, chunk_size=16, impl="fused")
+    b, _ = titans_fused(*inp.us, *inp.params, chunk_size=16)
+    out["dispatch_equal"] = bool(torch.equal(a, b))
+    # Control: the same comparison against chunk at another chunk size must see a large error,
+    # or the figures above could not have failed.
+    inp = TitansInputs(B=1, T=40, H=1, D=16, seed=3)
+    out["control"] = errors(inp, titans_fused, 16, None, other_chunk_size=8)
+    return out
+
+
+@pytest.fixture(scope="module")
+def interpreted():
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, __file__], env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    figures = json.loads(proc.stdout.strip().splitlines()[-1])
+    figures["wall_seconds"] = time.perf_counter() - start
+    print(json.dumps(figures, indent=1))
+    return figures
+
+
+@pytest.mark.parametrize("case", [c[0] for c in INTERPRETED_CASES if c[-1] == "float32"])
+def test_triton_kernels_equal_chunk_fp32(interpreted, case):
+    f = interpreted[case]
+    assert f["o"] <= 1e-5
+    assert f["final"] <= 1e-5
+    for name, rel in f["grad_rel"].items():
+        assert rel <= 1e-4, f"gradient of {name}: relative error {rel:.2e}"
+
+
+def test_triton_kernels_bf16_inputs(interpreted):
+    # Both forms upcast the same bf16 inputs and run in fp32; only the gradients' final rounding to
+    # bf16 may differ, by at most an ulp (2^-8) where the fp32 values straddle a rounding boundary.
+    f = interpreted["bf16_inputs"]
+    assert f["o"] <= 1e-5
+    assert f["final"] <= 1e-5
+    for name, rel in f["grad_rel"].items():
+        assert rel <= 4e-3, f"gradient of {name}: relative error {rel:.2e}"
+
+
+def test_dispatch_and_control(interpreted):
+    assert interpreted["dispatch_equal"]
+    ctrl = interpreted["control"]
+    assert ctrl["o"] > 1e-3 and min(ctrl["grad_rel"].values()) > 1e-3
+
+
+@pytest.mark.parametrize("dtype,tol_o,tol_g", [(torch.float64, 1e-12, 1e-10), (torch.float32, 1e-5, 1e-4)])
+@pytest.mark.parametrize(
+    "B,T,H,D,C,cu",
+    [(2, 40, 2, 8, 16, None), (2, 50, 3, 8, 16, [0, 13, 37, 49, 50, 100]), (1, 45, 2, 8, 8, [0, 20, 45])],
+)
+def test_torch_manual_backward_equals_autograd(dtype, tol_o, tol_g, B, T, H, D, C, cu):
+    """The hand-derived backward the kernels implement, in torch, against autograd through chunk."""
+    inp = TitansInputs(B=B, T=T, H=H, D=D, dtype=dtype, u_scale=2.0, seed=T + C)
+    f = errors(inp, titans_fused_torch, C, torch.tensor(cu) if cu else None)
+    assert f["o"] <= tol_o and f["final"] <= tol_o
+    for name, rel in f["grad_rel"].items():
+        assert rel <= tol_g, f"gradient of {name}: relative error {rel:.2e}"
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1", reason="interpreter on: the kernel would run")
+def test_fused_refuses_cpu_without_interpreter():
+    inp = TitansInputs(B=1, T=8, H=1, D=16)
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
+        titans_fused(*inp.us, *inp.params, chunk_size=8)
+
+
+if __name__ == "__main__":
+    assert os.environ.get("TRITON_INTERPRET") == "1"
+    print(json.dumps(interpreted_figures()))
