@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import fcntl
+import hashlib
 import itertools
 import json
 import multiprocessing as mp
@@ -86,9 +87,8 @@ def is_validation_document(text: str, split_val: float) -> bool:
     same side, so duplicated documents cannot leak from train into val."""
     if split_val <= 0:
         return False
-    import xxhash
-
-    return xxhash.xxh64_intdigest(text.encode("utf-8")) < split_val * 2.0**64
+    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "little") < split_val * 2.0**64
 
 
 # ---------------------------------------------------------------------------- phase 1: encode

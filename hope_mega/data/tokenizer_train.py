@@ -74,6 +74,17 @@ def corpus_lines(paths: list[Path], text_field: str, stats: dict) -> Iterator[st
         stats["skipped"] += len(reader.skipped)
 
 
+def _drop_output_path(model_file: Path) -> None:
+    """SentencePiece stores the output path in the model; replace it with the bare name, so the
+    same training on the same data gives the same bytes (and hash) wherever it is written."""
+    from sentencepiece import sentencepiece_model_pb2
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(model_file.read_bytes())
+    proto.trainer_spec.model_prefix = "tokenizer"
+    model_file.write_bytes(proto.SerializeToString())
+
+
 def train_tokenizer(
     inputs: list[str],
     output: str | Path,
@@ -101,6 +112,7 @@ def train_tokenizer(
         minloglevel=2,
         **{k: v for k, v in options.items() if k != "random_seed"},
     )
+    _drop_output_path(output / MODEL_FILE)
     card = {
         "format": "hope-mega tokenizer card v1",
         "hash": model_hash(output / MODEL_FILE),
