@@ -31,6 +31,7 @@ def parse_args():
     p.add_argument("--dtype", choices=["bfloat16", "float32"], default=None, help="input dtype (default bf16 on cuda)")
     p.add_argument("--repeats", type=int, default=None)
     p.add_argument("--skip", nargs="*", default=[], help="rows to leave out (e.g. chunk at 16K)")
+    p.add_argument("--dot-precision", default="ieee", help="fused kernels' tl.dot precision on cuda: ieee, tf32x3, tf32")
     p.add_argument("--check", action="store_true", help="also print fused vs chunk errors")
     return p.parse_args()
 
@@ -43,6 +44,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from hope_mega.ops.chunk import titans_chunk  # noqa: E402
+from hope_mega.ops import fused  # noqa: E402
 from hope_mega.ops.fused import titans_fused  # noqa: E402
 
 
@@ -143,6 +145,7 @@ def main():
     dtype = getattr(torch, args.dtype or ("bfloat16" if cuda else "float32"))
     repeats = args.repeats or (5 if cuda else 1)
     C, B = args.chunk_size or (64 if cuda else 16), args.batch
+    fused.DOT_PRECISION = args.dot_precision
 
     try:
         from hope_mega.ops.fla_chunked import titans_fla
@@ -157,7 +160,8 @@ def main():
 
     for H in heads:
         for T in seq_lens:
-            shape = dict(B=B, T=T, H=H, D=D, C=C, dtype=str(dtype).split(".")[-1], device=dev)
+            shape = dict(B=B, T=T, H=H, D=D, C=C, dtype=str(dtype).split(".")[-1], device=dev,
+                         dot_precision=args.dot_precision if cuda else "ieee")
             leaves = make_inputs(B, T, H, D, dtype, dev)
             result = {"shape": shape}
             for name, fn in rows.items():

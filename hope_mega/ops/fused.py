@@ -40,6 +40,10 @@ from .common import (
 
 NUM_MEM = len(MEMORIES)
 
+# tl.dot input precision of the kernels: "ieee" (fp32, default) or, on NVIDIA GPUs, "tf32x3" /
+# "tf32". Not a call argument, so that the op keeps titans_chunk's signature.
+DOT_PRECISION = "ieee"
+
 
 # ------------------------------------------------------------------------------------------------
 # Torch form of the per-chunk forward and backward (one sequence, all heads at once).
@@ -306,6 +310,11 @@ def _check_runnable(x: torch.Tensor, D: int):
         raise ValueError(f"titans_fused needs a power-of-two head_dim >= 16, got {D}")
 
 
+def _dot_precision(device: torch.device) -> str:
+    # The interpreter computes dots in numpy whatever is asked; keep the name it accepts.
+    return DOT_PRECISION if device.type == "cuda" else "ieee"
+
+
 def _num_warps(D: int) -> int:
     return 8 if D >= 128 else 4
 
@@ -328,7 +337,8 @@ class _TitansFused(torch.autograd.Function):
         o = torch.empty(B * T, H, D, dtype=torch.float32, device=dev)
         _titans_fwd_kernel[(N, H)](
             *xs, *params, states, o, cu, slot0,
-            H=H, D=D, C=C, BC=_block_rows(C), EPS=NORM_EPS, num_warps=_num_warps(D),
+            H=H, D=D, C=C, BC=_block_rows(C), EPS=NORM_EPS, PREC=_dot_precision(dev),
+            num_warps=_num_warps(D), num_stages=1,
         )
         ctx.save_for_backward(*xs, *params, states, cu, slot0)
         ctx.meta = (B, T, H, D, C, N, s0.dtype, [u.dtype for u in (u_q, u_k, u_v, u_eta, u_alpha)],
@@ -353,7 +363,8 @@ class _TitansFused(torch.autograd.Function):
         db_eta, db_alpha, da_log = (torch.empty(N, H, **f32) for _ in range(3))
         _titans_bwd_kernel[(N, H)](
             *xs, *params, states, do, ds, *du, dw_eta, db_eta, dw_alpha, db_alpha, da_log, cu, slot0,
-            H=H, D=D, C=C, BC=_block_rows(C), EPS=NORM_EPS, num_warps=_num_warps(D),
+            H=H, D=D, C=C, BC=_block_rows(C), EPS=NORM_EPS, PREC=_dot_precision(dev),
+            num_warps=_num_warps(D), num_stages=1,
         )
         grads_u = [g.reshape(B, T, H, D).to(dt) for g, dt in zip(du, u_dtypes)]
         grads_p = [g.sum(0).to(dt) for g, dt in zip((dw_eta, db_eta, dw_alpha, db_alpha, da_log), p_dtypes)]

@@ -15,8 +15,10 @@ One program per (sequence, head) runs the whole serial chunk loop. Layout choice
 - (I + A)^-1 is formed once per chunk by forward substitution over rows (exact like a triangular
   solve; the Neumann-product form would multiply powers of A and lose accuracy), then shared by
   the six memories and, transposed, by the backward.
-- Dots run in IEEE fp32 (`input_precision="ieee"`): the recurrence is fp32 by spec §4 and tf32
-  would break agreement with the torch path. No autotuning: the kernels must also run under
+- Dots run in IEEE fp32 by default (PREC = "ieee"): the recurrence is fp32 by spec §4 and plain
+  tf32 (10-bit mantissa) would break agreement with the torch path. IEEE fp32 dots do not use
+  tensor cores; "tf32x3" (three tf32 products, close to fp32 accuracy) is the option to measure
+  on H100 (fused.DOT_PRECISION). No autotuning: the kernels must also run under
   TRITON_INTERPRET=1 on CPU, where there is nothing to time.
 - Program-local stores that the same program re-reads with another thread layout (states, state
   gradients) are separated by barriers.
@@ -58,7 +60,8 @@ def _load_rows(ptr, offs, mask):
 
 @triton.jit
 def _chunk_setup(UQ, UK, UV, UE, UA, S_ptr, w_eta, b_eta, w_alpha, b_alpha, a_log, tok, valid, i_h,
-                 rows, dcols, off_s, H: tl.constexpr, D: tl.constexpr, EPS: tl.constexpr):
+                 rows, dcols, off_s, H: tl.constexpr, D: tl.constexpr, EPS: tl.constexpr,
+                 PREC: tl.constexpr):
     """Everything of a chunk that the six memories share (forward and backward recompute)."""
     off_u = (tok[:, None] * H + i_h) * D + dcols[None, :]
     mu = valid[:, None]
@@ -68,13 +71,13 @@ def _chunk_setup(UQ, UK, UV, UE, UA, S_ptr, w_eta, b_eta, w_alpha, b_alpha, a_lo
     ue = _load_rows(UE, off_u, mu)
     ua = _load_rows(UA, off_u, mu)
     S_k = tl.load(S_ptr + 0 * D * D + off_s)
-    xk = uk + tl.dot(uk, tl.trans(S_k), input_precision="ieee")
+    xk = uk + tl.dot(uk, tl.trans(S_k), input_precision=PREC)
     rs_k = tl.rsqrt(tl.sum(xk * xk, 1) + EPS)
     S_v = tl.load(S_ptr + 1 * D * D + off_s)
-    xv = uv + tl.dot(uv, tl.trans(S_v), input_precision="ieee")
+    xv = uv + tl.dot(uv, tl.trans(S_v), input_precision=PREC)
     rs_v = tl.rsqrt(tl.sum(xv * xv, 1) + EPS)
     S_q = tl.load(S_ptr + 2 * D * D + off_s)
-    xq = uq + tl.dot(uq, tl.trans(S_q), input_precision="ieee")
+    xq = uq + tl.dot(uq, tl.trans(S_q), input_precision=PREC)
     rs_q = tl.rsqrt(tl.sum(xq * xq, 1) + EPS)
     k = xk * rs_k[:, None]
     v = xv * rs_v[:, None]
@@ -92,8 +95,8 @@ def _chunk_setup(UQ, UK, UV, UE, UA, S_ptr, w_eta, b_eta, w_alpha, b_alpha, a_lo
     causal = rows[:, None] >= rows[None, :]
     # exp(G_i - G_j) masked before the exp (exp(G_i) exp(-G_j) overflows for long chunks)
     Dm = tl.exp(tl.where(causal, G[:, None] - G[None, :], float("-inf")))
-    KK = tl.dot(k, tl.trans(k), input_precision="ieee")
-    QK = tl.dot(q, tl.trans(k), input_precision="ieee")
+    KK = tl.dot(k, tl.trans(k), input_precision=PREC)
+    QK = tl.dot(q, tl.trans(k), input_precision=PREC)
     A = tl.where(rows[:, None] > rows[None, :], beta[:, None] * Dm * KK, 0.0)
     return (uq, uk, uv, ue, ua, k, q, v, rs_k, rs_q, rs_v, r_eta, r_alpha, za, sb, beta, g, G, G_end,
             Dm, KK, QK, A)
@@ -107,6 +110,7 @@ def _titans_fwd_kernel(
     O,  # fp32 [B*T, H, D]
     CU, SLOT0,  # int64 [N + 1], [N]
     H: tl.constexpr, D: tl.constexpr, C: tl.constexpr, BC: tl.constexpr, EPS: tl.constexpr,
+    PREC: tl.constexpr,
 ):
     i_n = tl.program_id(0)
     i_h = tl.program_id(1)
@@ -130,24 +134,24 @@ def _titans_fwd_kernel(
         N_ptr = S_ptr + H * 6 * D * D  # the next slot
         (uq, uk, uv, ue, ua, k, q, v, rs_k, rs_q, rs_v, r_eta, r_alpha, za, sb, beta, g, G, G_end,
          Dm, KK, QK, A) = _chunk_setup(UQ, UK, UV, UE, UA, S_ptr, w_eta, b_eta, w_alpha, b_alpha, a_log,
-                                       tok, valid, i_h, rows, dcols, off_s, H, D, EPS)
+                                       tok, valid, i_h, rows, dcols, off_s, H, D, EPS, PREC)
         Linv = _unit_lower_inverse(A, rows, BC)
         eG = tl.exp(G)
         e = tl.exp(G_end - G)
         gC = tl.exp(G_end)
         for m in tl.static_range(6):
             S_m = tl.load(S_ptr + m * D * D + off_s)
-            yh = v + tl.dot(v, tl.trans(S_m), input_precision="ieee")
+            yh = v + tl.dot(v, tl.trans(S_m), input_precision=PREC)
             vhat = yh * tl.rsqrt(tl.sum(yh * yh, 1) + EPS)[:, None]
-            W = tl.dot(k, tl.trans(S_m), input_precision="ieee")
+            W = tl.dot(k, tl.trans(S_m), input_precision=PREC)
             rhs = beta[:, None] * (vhat - k - eG[:, None] * W)
-            U = tl.dot(Linv, rhs, input_precision="ieee")
-            S_new = gC * S_m + tl.dot(tl.trans(U * e[:, None]), k, input_precision="ieee")
+            U = tl.dot(Linv, rhs, input_precision=PREC)
+            S_new = gC * S_m + tl.dot(tl.trans(U * e[:, None]), k, input_precision=PREC)
             tl.store(N_ptr + m * D * D + off_s, S_new)
             if m == 5:
                 P = tl.where(causal, Dm * QK, 0.0)
-                out = q + eG[:, None] * tl.dot(q, tl.trans(S_m), input_precision="ieee") + tl.dot(
-                    P, U, input_precision="ieee")
+                out = q + eG[:, None] * tl.dot(q, tl.trans(S_m), input_precision=PREC) + tl.dot(
+                    P, U, input_precision=PREC)
                 off_u = (tok[:, None] * H + i_h) * D + dcols[None, :]
                 tl.store(O + off_u, out, mask=valid[:, None])
         tl.debug_barrier()
@@ -164,6 +168,7 @@ def _titans_bwd_kernel(
     DW_ETA, DB_ETA, DW_ALPHA, DB_ALPHA, DA_LOG,  # fp32 [N, H, D], [N, H], [N, H, D], [N, H], [N, H]
     CU, SLOT0,
     H: tl.constexpr, D: tl.constexpr, C: tl.constexpr, BC: tl.constexpr, EPS: tl.constexpr,
+    PREC: tl.constexpr,
 ):
     i_n = tl.program_id(0)
     i_h = tl.program_id(1)
@@ -192,9 +197,9 @@ def _titans_bwd_kernel(
         tok = bos + c * C + rows
         valid = (rows < C) & (tok < eos)
         S_ptr = STATES + ((slot0 + c) * H + i_h) * (6 * D * D)
-        (uq, uk, uv, ue, ua, k, q, v, rs_k, rs_q, rs_v, r_eta, r_alpha, za, sb, beta, g, G, G_end,
+        (_uq, _uk, _uv, _ue, _ua, k, q, v, rs_k, rs_q, rs_v, r_eta, r_alpha, za, sb, beta, g, G, G_end,
          Dm, KK, QK, A) = _chunk_setup(UQ, UK, UV, UE, UA, S_ptr, w_eta, b_eta, w_alpha, b_alpha, a_log,
-                                       tok, valid, i_h, rows, dcols, off_s, H, D, EPS)
+                                       tok, valid, i_h, rows, dcols, off_s, H, D, EPS, PREC)
         Linv = _unit_lower_inverse(A, rows, BC)
         eG = tl.exp(G)
         e = tl.exp(G_end - G)
@@ -216,46 +221,46 @@ def _titans_bwd_kernel(
             S_m = tl.load(S_ptr + m * D * D + off_s)
             dSn = tl.load(DS_ptr + m * D * D + off_s)
             # recompute this memory's part of the forward
-            yh = v + tl.dot(v, tl.trans(S_m), input_precision="ieee")
+            yh = v + tl.dot(v, tl.trans(S_m), input_precision=PREC)
             rs_y = tl.rsqrt(tl.sum(yh * yh, 1) + EPS)
             vhat = yh * rs_y[:, None]
-            W = tl.dot(k, tl.trans(S_m), input_precision="ieee")
+            W = tl.dot(k, tl.trans(S_m), input_precision=PREC)
             rhs = beta[:, None] * (vhat - k - eG[:, None] * W)
-            U = tl.dot(Linv, rhs, input_precision="ieee")
+            U = tl.dot(Linv, rhs, input_precision=PREC)
             # S_next = gC S + (U e)^T k
             dgC += tl.sum(tl.sum(dSn * S_m, 1), 0)
-            kdS = tl.dot(k, tl.trans(dSn), input_precision="ieee")
+            kdS = tl.dot(k, tl.trans(dSn), input_precision=PREC)
             dU = e[:, None] * kdS
             de += tl.sum(U * kdS, 1)
-            dk += tl.dot(U * e[:, None], dSn, input_precision="ieee")
+            dk += tl.dot(U * e[:, None], dSn, input_precision=PREC)
             dS_m = gC * dSn
             if m == 5:
                 # out = q + eG (q S^T) + P U
-                deG += tl.sum(dO * tl.dot(q, tl.trans(S_m), input_precision="ieee"), 1)
+                deG += tl.sum(dO * tl.dot(q, tl.trans(S_m), input_precision=PREC), 1)
                 eGdO = eG[:, None] * dO
-                dS_m += tl.dot(tl.trans(eGdO), q, input_precision="ieee")
-                dq += tl.dot(eGdO, S_m, input_precision="ieee")
-                dP = tl.where(causal, tl.dot(dO, tl.trans(U), input_precision="ieee"), 0.0)
+                dS_m += tl.dot(tl.trans(eGdO), q, input_precision=PREC)
+                dq += tl.dot(eGdO, S_m, input_precision=PREC)
+                dP = tl.where(causal, tl.dot(dO, tl.trans(U), input_precision=PREC), 0.0)
                 dPD = dP * Dm
-                dq += tl.dot(dPD, k, input_precision="ieee")
-                dk += tl.dot(tl.trans(dPD), q, input_precision="ieee")
+                dq += tl.dot(dPD, k, input_precision=PREC)
+                dk += tl.dot(tl.trans(dPD), q, input_precision=PREC)
                 dDm += dP * QK
-                dU += tl.dot(tl.trans(P), dO, input_precision="ieee")
+                dU += tl.dot(tl.trans(P), dO, input_precision=PREC)
             # U = (I + A)^-1 rhs
-            dRhs = tl.dot(tl.trans(Linv), dU, input_precision="ieee")
-            dA -= tl.dot(dRhs, tl.trans(U), input_precision="ieee")
+            dRhs = tl.dot(tl.trans(Linv), dU, input_precision=PREC)
+            dA -= tl.dot(dRhs, tl.trans(U), input_precision=PREC)
             # rhs = beta (vhat - k - eG W), W = k S^T
             dbeta += tl.sum(dRhs * (vhat - k - eG[:, None] * W), 1)
             deG -= beta * tl.sum(dRhs * W, 1)
             dW = -(beta * eG)[:, None] * dRhs
-            dk += tl.dot(dW, S_m, input_precision="ieee")
-            dS_m += tl.dot(tl.trans(dW), k, input_precision="ieee")
+            dk += tl.dot(dW, S_m, input_precision=PREC)
+            dS_m += tl.dot(tl.trans(dW), k, input_precision=PREC)
             dV = beta[:, None] * dRhs
             dk -= dV
             # vhat = N(v + v S^T)
             dy = rs_y[:, None] * (dV - vhat * tl.sum(vhat * dV, 1)[:, None])
-            dv += dy + tl.dot(dy, S_m, input_precision="ieee")
-            dS_m += tl.dot(tl.trans(dy), v, input_precision="ieee")
+            dv += dy + tl.dot(dy, S_m, input_precision=PREC)
+            dS_m += tl.dot(tl.trans(dy), v, input_precision=PREC)
             tl.debug_barrier()
             tl.store(DS_ptr + m * D * D + off_s, dS_m)
         # A = tril(beta_i Dm_ij KK_ij, -1)
@@ -263,7 +268,7 @@ def _titans_bwd_kernel(
         dbeta += tl.sum(dA * Dm * KK, 1)
         dDm += dA * beta[:, None] * KK
         dKK = dA * beta[:, None] * Dm
-        dk += tl.dot(dKK + tl.trans(dKK), k, input_precision="ieee")
+        dk += tl.dot(dKK + tl.trans(dKK), k, input_precision=PREC)
         # decays: Dm = exp(G_i - G_j), eG = exp(G), e = exp(G_end - G), gC = exp(G_end); G = cumsum g
         dDmDm = dDm * Dm
         dG = tl.sum(dDmDm, 1) - tl.sum(dDmDm, 0) + deG * eG - de * e
@@ -271,7 +276,11 @@ def _titans_bwd_kernel(
         # cumulative sum spreads it over every token
         dG += tl.where(rows == BC - 1, dgC * gC + tl.sum(de * e, 0), 0.0)
         dg = tl.sum(tl.where(rows[:, None] >= rows[None, :], dG[:, None], 0.0), 0)
-        # gates
+        # gates. The chunk inputs are re-read here rather than kept from the setup: at D = 128
+        # five [BC, D] fp32 tiles held through the memory loop would only add register spills.
+        mu = valid[:, None]
+        ue = _load_rows(UE, off_u, mu)
+        ua = _load_rows(UA, off_u, mu)
         dza = tl.where(valid, -dg * tl.exp(a_log) * tl.sigmoid(za), 0.0)
         acc_da += tl.sum(dg * g, 0)
         dr_alpha = tl.sum(ua * dza[:, None], 0)
@@ -292,19 +301,21 @@ def _titans_bwd_kernel(
         S_k = tl.load(S_ptr + 0 * D * D + off_s)
         S_v = tl.load(S_ptr + 1 * D * D + off_s)
         S_q = tl.load(S_ptr + 2 * D * D + off_s)
-        mu = valid[:, None]
-        tl.store(DUK + off_u, dxk + tl.dot(dxk, S_k, input_precision="ieee"), mask=mu)
-        tl.store(DUV + off_u, dxv + tl.dot(dxv, S_v, input_precision="ieee"), mask=mu)
-        tl.store(DUQ + off_u, dxq + tl.dot(dxq, S_q, input_precision="ieee"), mask=mu)
+        uk = _load_rows(UK, off_u, mu)
+        uv = _load_rows(UV, off_u, mu)
+        uq = _load_rows(UQ, off_u, mu)
+        tl.store(DUK + off_u, dxk + tl.dot(dxk, S_k, input_precision=PREC), mask=mu)
+        tl.store(DUV + off_u, dxv + tl.dot(dxv, S_v, input_precision=PREC), mask=mu)
+        tl.store(DUQ + off_u, dxq + tl.dot(dxq, S_q, input_precision=PREC), mask=mu)
         tl.store(DUE + off_u, due, mask=mu)
         tl.store(DUA + off_u, dua, mask=mu)
         tl.debug_barrier()
         p = DS_ptr + 0 * D * D + off_s
-        tl.store(p, tl.load(p) + tl.dot(tl.trans(dxk), uk, input_precision="ieee"))
+        tl.store(p, tl.load(p) + tl.dot(tl.trans(dxk), uk, input_precision=PREC))
         p = DS_ptr + 1 * D * D + off_s
-        tl.store(p, tl.load(p) + tl.dot(tl.trans(dxv), uv, input_precision="ieee"))
+        tl.store(p, tl.load(p) + tl.dot(tl.trans(dxv), uv, input_precision=PREC))
         p = DS_ptr + 2 * D * D + off_s
-        tl.store(p, tl.load(p) + tl.dot(tl.trans(dxq), uq, input_precision="ieee"))
+        tl.store(p, tl.load(p) + tl.dot(tl.trans(dxq), uq, input_precision=PREC))
         p = DS_ptr + 3 * D * D + off_s
         tl.store(p, tl.load(p) + w_eta[:, None] * dr_eta[None, :])
         p = DS_ptr + 4 * D * D + off_s
