@@ -27,12 +27,15 @@ from hope_mega.ops.fused import titans_fused, titans_fused_torch  # noqa: E402
 NAMES = ["u_q", "u_k", "u_v", "u_eta", "u_alpha", "s0", "w_eta", "b_eta", "w_alpha", "b_alpha", "a_log"]
 
 # (name, B, T, H, D, C, cu_seqlens, dtype): T never a multiple of C; C = 8 and 13 run in a padded
-# 16-row block; the packed rows hold a document spanning a whole row and one of length 1.
+# 16-row block; the packed rows hold a document spanning a whole row and one of length 1; the
+# head widths of the 760M / 1.3B models (D = 64, 128) with C = 64, 32.
 INTERPRETED_CASES = [
     ("rows", 2, 40, 2, 16, 16, None, "float32"),
     ("packed", 2, 30, 2, 16, 8, [0, 7, 29, 30, 60], "float32"),
     ("packed_odd_chunk", 1, 45, 2, 32, 13, [0, 20, 21, 45], "float32"),
     ("bf16_inputs", 1, 40, 2, 16, 16, None, "bfloat16"),
+    ("head_dim_64", 1, 70, 1, 64, 64, None, "float32"),
+    ("head_dim_128", 1, 40, 1, 128, 32, None, "float32"),
 ]
 
 
