@@ -37,12 +37,19 @@ def parse_args():
 
 
 args = parse_args()
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 if args.device == "cpu":
-    os.environ["TRITON_INTERPRET"] = "1"  # before anything imports triton
+    # Before anything imports triton. The project's interpreter setup also lets fla's autotuned
+    # kernels run; the fused kernels need only the environment variable.
+    try:
+        from hope_mega.ops.triton_cpu import enable_triton_interpreter
+    except ImportError:
+        os.environ["TRITON_INTERPRET"] = "1"
+    else:
+        enable_triton_interpreter()
 
 import torch  # noqa: E402
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from hope_mega.ops.chunk import titans_chunk  # noqa: E402
 from hope_mega.ops import fused  # noqa: E402
 from hope_mega.ops.fused import titans_fused  # noqa: E402
@@ -155,7 +162,7 @@ def main():
         "fused": lambda *x: titans_fused(*x, chunk_size=C)[0],
         "chunk": lambda *x: titans_chunk(*x, chunk_size=C)[0],
     }
-    if titans_fla is not None and cuda:
+    if titans_fla is not None and (cuda or "TRITON_INTERPRET" in os.environ):
         rows["fla_per_chunk"] = lambda *x: titans_fla(*x, chunk_size=C)[0]
 
     for H in heads:
@@ -172,7 +179,7 @@ def main():
                 except torch.cuda.OutOfMemoryError:
                     result[name] = "out of memory"
                     torch.cuda.empty_cache()
-            if cuda and "fla_gdn" not in args.skip:
+            if "fla_gdn" not in args.skip:
                 from fla.ops.gated_delta_rule import chunk_gated_delta_rule
 
                 gdn = fla_gdn_leaves(B, T, H, D, dtype, dev)
