@@ -246,11 +246,11 @@ class UnitReader:
         raw = data[start:stop].strip()
         if not raw:
             return None  # extra blank lines, not a document
-        # The document starts at its first non-blank line.
-        line += data.count(b"\n", start, start + data[start:stop].find(raw[:1]))
         try:
             return raw.decode("utf-8")
         except UnicodeDecodeError as err:
+            # Report the document's first non-blank line, not the blank lines before it.
+            line += data.count(b"\n", start, data.find(raw[:1], start, stop))
             self.skipped.append((line, f"undecodable bytes (invalid UTF-8 at byte {err.start} of the document)"))
             return None
 
