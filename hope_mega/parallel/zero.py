@@ -1,0 +1,94 @@
+"""Data parallelism and ZeRO (stages 0-2) with DeepSpeed over megatron's data-parallel group.
+
+DeepSpeed gets a torch optimizer instance (`CMSAdamW`), so ZeRO shards its moments and the CMS
+gradient accumulators like any optimizer state, and no DeepSpeed optimizer has to be compiled.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from ..config import Config
+
+
+class MegatronMPU:
+    """The model-parallel-unit interface DeepSpeed asks for, answered from megatron's groups."""
+
+    def __init__(self):
+        from megatron.core import parallel_state as ps
+
+        self.ps = ps
+
+    def get_model_parallel_rank(self):
+        return self.ps.get_tensor_model_parallel_rank()
+
+    def get_model_parallel_world_size(self):
+        return self.ps.get_tensor_model_parallel_world_size()
+
+    def get_model_parallel_group(self):
+        return self.ps.get_tensor_model_parallel_group()
+
+    def get_data_parallel_rank(self):
+        return self.ps.get_data_parallel_rank()
+
+    def get_data_parallel_world_size(self):
+        return self.ps.get_data_parallel_world_size()
+
+    def get_data_parallel_group(self):
+        return self.ps.get_data_parallel_group()
+
+    # DeepSpeed's gradient-norm code asks for these names too.
+    get_tensor_model_parallel_rank = get_model_parallel_rank
+    get_tensor_model_parallel_world_size = get_model_parallel_world_size
+    get_tensor_model_parallel_group = get_model_parallel_group
+
+
+def _skip_cpu_shm_build() -> None:
+    """DeepSpeed compiles a shared-memory comm op at init (~50 s) that gloo on CPU never uses."""
+    import deepspeed.comm.torch  # noqa: F401  (the module object, not the `torch` it re-exports)
+
+    module = sys.modules["deepspeed.comm.torch"]
+    if hasattr(module, "build_shm_op"):
+        module.build_shm_op = lambda: None
+
+
+def deepspeed_config(cfg: Config, dp_size: int, bf16: bool) -> dict:
+    t, p = cfg.train, cfg.parallel
+    if p.zero_stage == 3:
+        raise ValueError(
+            "parallel.zero_stage: 3 is not supported with megatron-core's tensor-parallel layers "
+            "and the CMS multi-period optimizer; use 1 or 2"
+        )
+    if t.global_batch % (t.micro_batch * dp_size):
+        raise ValueError(
+            f"train.global_batch: {t.global_batch} is not divisible by train.micro_batch x data-parallel "
+            f"size = {t.micro_batch} x {dp_size}"
+        )
+    return {
+        "train_batch_size": t.global_batch,
+        "train_micro_batch_size_per_gpu": t.micro_batch,
+        "gradient_accumulation_steps": t.global_batch // (t.micro_batch * dp_size),
+        "gradient_clipping": t.grad_clip,
+        "zero_optimization": {"stage": p.zero_stage, "overlap_comm": False, "contiguous_gradients": False},
+        "bf16": {"enabled": bf16},
+        "steps_per_print": 1 << 30,
+        "wall_clock_breakdown": False,
+        "zero_allow_untested_optimizer": True,
+    }
+
+
+def build_engine(model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg: Config, dp_size: int, bf16: bool):
+    import deepspeed
+
+    if not torch.cuda.is_available():
+        _skip_cpu_shm_build()
+    engine, _, _, _ = deepspeed.initialize(
+        model=model,
+        optimizer=optimizer,
+        config=deepspeed_config(cfg, dp_size, bf16),
+        mpu=MegatronMPU(),
+        dist_init_required=False,
+    )
+    return engine
