@@ -14,6 +14,7 @@ import sys
 SUBCOMMAND_MODULES = (
     "hope_mega.data.tokenizer_cli",  # hope-mega tokenizer train
     "hope_mega.data.prep_cli",  # hope-mega prep
+    "hope_mega.train",  # hope-mega train
     "hope_mega.params",  # hope-mega params
     "hope_mega.smoke",  # hope-mega smoke
 )

@@ -73,7 +73,8 @@ class TrainConfig:
     save_every: int = 0
     keep_last: int = 3
     save_dir: str = ""
-    max_bad_steps: int = 5
+    max_bad_steps: int = 5  # stop after this many non-finite steps in a row
+    peak_tflops: float = 0.0  # per device, for MFU; 0 = known GPUs only (CPU: not reported)
     wandb_project: str = ""
 
 
