@@ -30,6 +30,9 @@ def init_distributed(tp: int, backend: str | None = None, timeout_s: float = 600
     """
     from megatron.core import parallel_state
 
+    if "WORLD_SIZE" not in os.environ:  # a plain `python train.py`: a job of one
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", "29500")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     if tp < 1:
@@ -97,6 +100,37 @@ def dp_size() -> int:
     from megatron.core import parallel_state
 
     return parallel_state.get_data_parallel_world_size()
+
+
+def data_parallel_ranks() -> list[int]:
+    """Global ranks of this rank's data-parallel group."""
+    return dist.get_process_group_ranks(dp_group())
+
+
+class DeepSpeedMPU:
+    """The `mpu` object `deepspeed.initialize(mpu=...)` expects, over the groups above.
+
+    "Model parallel" here is tensor parallelism (no pipeline). DeepSpeed uses it to reduce
+    gradients over the data-parallel group only and to count TP-split parameters
+    (`tensor_model_parallel`) once per TP rank in the gradient norm. It deliberately has no
+    `get_sequence_parallel_*` methods: Megatron's sequence parallelism lives inside the TP group,
+    and DeepSpeed would read those as its own (Ulysses) sequence parallelism.
+    """
+
+    get_model_parallel_rank = staticmethod(tp_rank)
+    get_model_parallel_world_size = staticmethod(tp_size)
+    get_model_parallel_group = staticmethod(tp_group)
+    get_tensor_model_parallel_rank = staticmethod(tp_rank)
+    get_tensor_model_parallel_world_size = staticmethod(tp_size)
+    get_tensor_model_parallel_group = staticmethod(tp_group)
+    get_data_parallel_rank = staticmethod(dp_rank)
+    get_data_parallel_world_size = staticmethod(dp_size)
+    get_data_parallel_group = staticmethod(dp_group)
+    get_data_parallel_group_ranks = staticmethod(data_parallel_ranks)
+
+    @staticmethod
+    def get_tensor_model_parallel_src_rank() -> int:
+        return dist.get_process_group_ranks(tp_group())[0]
 
 
 def destroy() -> None:

@@ -26,9 +26,11 @@ VOCAB, EOS = 61, 0  # odd vocabulary: TP=2 pads it, so the padding is exercised
 B, T, STEPS, LR = 2, 32, 3, 1e-2
 LAUNCH_TIMEOUT_S = 240
 
+# name: (mixer, sequence parallel, activation checkpointing)
 CASES = {
-    f"{mixer}-{'sp' if sp else 'tp'}": (mixer, sp) for mixer in ("titans", "attention") for sp in (False, True)
+    f"{mixer}-{'sp' if sp else 'tp'}": (mixer, sp, False) for mixer in ("titans", "attention") for sp in (False, True)
 }
+CASES["titans-sp-recompute"] = ("titans", True, True)
 
 
 def model_config(mixer: str) -> ModelConfig:
@@ -85,12 +87,12 @@ def launch(world: int, script: Path, args: list[str], timeout_s: float) -> list[
     return logs
 
 
-@pytest.fixture(scope="module")
-def reference_and_parallel(tmp_path_factory):
-    """Canonical weights and batches per case, the TP=1 results here, the TP=2 results from ranks."""
-    tmp = tmp_path_factory.mktemp("tp")
+def run_cases(tmp: Path, world: int, tp: int, names: list[str]):
+    """Canonical weights and batches per case, the TP=1 results here, the TP=tp results from ranks."""
     cases, reference = {}, {}
-    for i, (name, (mixer, sp)) in enumerate(CASES.items()):
+    for i, (name, (mixer, sp, recompute)) in enumerate(CASES.items()):
+        if name not in names:
+            continue
         cfg = model_config(mixer)
         torch.manual_seed(100 + i)
         model = HopeLM(cfg, eos_id=EOS)
@@ -101,13 +103,24 @@ def reference_and_parallel(tmp_path_factory):
                     p.add_(0.1 * torch.randn_like(p))
         canonical = {k: v.clone() for k, v in model.state_dict().items()}
         batches = packed_batches(seed=7 + i)
-        cases[name] = dict(model=cfg, sequence_parallel=sp, eos_id=EOS, state_dict=canonical,
-                           batches=batches, lr=LR)  # fmt: skip
+        cases[name] = dict(model=cfg, sequence_parallel=sp, activation_checkpointing=recompute, eos_id=EOS,
+                           state_dict=canonical, batches=batches, lr=LR)  # fmt: skip
         reference[name] = run_reference(model, batches)
-    torch.save({"tp": TP, "cases": cases}, tmp / "cases.pt")
-    launch(TP, RANK_SCRIPT, [str(tmp / "cases.pt"), str(tmp)], LAUNCH_TIMEOUT_S)
+    torch.save({"tp": tp, "cases": cases}, tmp / "cases.pt")
+    launch(world, RANK_SCRIPT, [str(tmp / "cases.pt"), str(tmp)], LAUNCH_TIMEOUT_S)
     parallel = torch.load(tmp / "results.pt", weights_only=False)
     return cases, reference, parallel
+
+
+@pytest.fixture(scope="module")
+def reference_and_parallel(tmp_path_factory):
+    return run_cases(tmp_path_factory.mktemp("tp2"), world=TP, tp=TP, names=list(CASES))
+
+
+@pytest.fixture(scope="module")
+def data_parallel_tp1(tmp_path_factory):
+    """World 2 at TP=1 (two data-parallel replicas of the megatron-layer model)."""
+    return run_cases(tmp_path_factory.mktemp("dp2"), world=2, tp=1, names=["titans-tp"])
 
 
 def run_reference(model: HopeLM, batches) -> dict:
@@ -145,8 +158,8 @@ def test_losses_match_single_device(reference_and_parallel, case):
     err = ((loss - ref_loss).abs() / ref_loss.abs()).max().item()
     print(f"{case}: per-token loss max rel err {err:.2e}")
     assert err <= 1e-5
-    for rank_losses in par["rank_losses"][1:]:
-        torch.testing.assert_close(rank_losses[case], loss, rtol=0, atol=0)
+    for other in par["ranks"][1:]:
+        torch.testing.assert_close(other["losses"][case], loss, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -189,7 +202,27 @@ def test_shard_gather_roundtrip_and_megatron_attributes(reference_and_parallel, 
         assert {f"blocks.0.mixer.{h}" for h in heads} <= split
     assert {"embed.weight", "head.weight", "blocks.1.cms.levels.1.down.weight"} <= split
     norms = {n for n in canonical if n.endswith("norm.weight")}
-    assert res["sp_norms"] == (sorted(norms) if case.endswith("-sp") else [])
+    assert res["sp_norms"] == (sorted(norms) if CASES[case][1] else [])
+
+
+def test_groups_tp2(reference_and_parallel):
+    ranks = [r["groups"] for r in reference_and_parallel[2]["ranks"]]
+    assert ranks == [
+        dict(tp_rank=r, tp_size=2, dp_rank=0, dp_size=1, dp_ranks=[r], tp_src=0, mpu_mp=(r, 2)) for r in range(2)
+    ]
+
+
+def test_tp1_megatron_layers_data_parallel(data_parallel_tp1):
+    cases, ref, par = data_parallel_tp1
+    ranks = [r["groups"] for r in par["ranks"]]
+    assert ranks == [
+        dict(tp_rank=0, tp_size=1, dp_rank=r, dp_size=2, dp_ranks=[0, 1], tp_src=r, mpu_mp=(0, 1)) for r in range(2)
+    ]
+    res, canonical = par["results"]["titans-tp"], cases["titans-tp"]["state_dict"]
+    torch.testing.assert_close(res["loss"], ref["titans-tp"]["loss"], rtol=1e-5, atol=0)
+    grads, ref_grads = res["grads"], ref["titans-tp"]["grads"]
+    assert max(rel_err(grads[n], ref_grads[n]) for n in ref_grads) <= 1e-4
+    assert all(torch.equal(res["roundtrip"][n], t) for n, t in canonical.items())
 
 
 def test_tp_needs_heads_divisible():

@@ -20,7 +20,8 @@ def run_case(case, tp_group):
     from hope_mega.parallel.sharding import gather_grads, gather_state_dict, shard_state_dict
 
     layers = MegatronLayers(sequence_parallel=case["sequence_parallel"])
-    model = HopeLM(case["model"], layers=layers, eos_id=case["eos_id"])
+    model = HopeLM(case["model"], layers=layers, eos_id=case["eos_id"],
+                   activation_checkpointing=case["activation_checkpointing"])
     mark_tensor_parallel(model)
     model.load_state_dict(shard_state_dict(case["state_dict"], model, state.tp_rank(), state.tp_size()))
 
@@ -64,11 +65,17 @@ def main() -> None:
     state.init_distributed(tp)
     try:
         results = {name: run_case(case, state.tp_group()) for name, case in cases["cases"].items()}
+        mpu = state.DeepSpeedMPU
+        groups = dict(
+            tp_rank=state.tp_rank(), tp_size=state.tp_size(), dp_rank=state.dp_rank(), dp_size=state.dp_size(),
+            dp_ranks=mpu.get_data_parallel_group_ranks(), tp_src=mpu.get_tensor_model_parallel_src_rank(),
+            mpu_mp=(mpu.get_model_parallel_rank(), mpu.get_model_parallel_world_size()),
+        )  # fmt: skip
         # Every rank computes the full per-token loss; keep the others' to check they agree.
         gathered = [None] * torch.distributed.get_world_size()
-        torch.distributed.all_gather_object(gathered, {n: r["loss"] for n, r in results.items()})
+        torch.distributed.all_gather_object(gathered, {"losses": {n: r["loss"] for n, r in results.items()}, "groups": groups})
         if torch.distributed.get_rank() == 0:
-            torch.save({"results": results, "rank_losses": gathered}, f"{out_dir}/results.pt")
+            torch.save({"results": results, "ranks": gathered}, f"{out_dir}/results.pt")
     finally:
         state.destroy()
 
