@@ -20,13 +20,17 @@ def _split_spec(param: torch.Tensor) -> tuple[int, int, int | None] | None:
     return param.tp_dim, getattr(param, "tp_sections", 1), getattr(param, "tp_full_size", None)
 
 
-def shard_tensor(full: torch.Tensor, dim: int, sections: int, tp_rank: int, tp_size: int, local_size: int) -> torch.Tensor:
+def shard_tensor(
+    full: torch.Tensor, dim: int, sections: int, tp_rank: int, tp_size: int, local_size: int
+) -> torch.Tensor:
     """Rank `tp_rank`'s slice of `full` along `dim`: its part of every section, zero-padded at the
     end when the local size times tp_size exceeds the full size (a padded vocabulary)."""
     padded = local_size * tp_size
     if padded != full.shape[dim]:
         if sections != 1 or padded < full.shape[dim]:
-            raise ValueError(f"cannot shard size {full.shape[dim]} into {tp_size} x {local_size} ({sections} sections)")
+            raise ValueError(
+                f"cannot shard size {full.shape[dim]} into {tp_size} x {local_size} ({sections} sections)"
+            )
         pad_shape = list(full.shape)
         pad_shape[dim] = padded - full.shape[dim]
         full = torch.cat([full, full.new_zeros(pad_shape)], dim)
@@ -34,7 +38,9 @@ def shard_tensor(full: torch.Tensor, dim: int, sections: int, tp_rank: int, tp_s
     return torch.cat(parts, dim).contiguous()
 
 
-def unshard_tensor(locals_: list[torch.Tensor], dim: int, sections: int, full_size: int | None = None) -> torch.Tensor:
+def unshard_tensor(
+    locals_: list[torch.Tensor], dim: int, sections: int, full_size: int | None = None
+) -> torch.Tensor:
     """Inverse of shard_tensor: the per-rank slices (in rank order) -> the full tensor."""
     per_rank = [t.chunk(sections, dim) for t in locals_]
     full = torch.cat([torch.cat([r[s] for r in per_rank], dim) for s in range(sections)], dim)
@@ -43,7 +49,9 @@ def unshard_tensor(locals_: list[torch.Tensor], dim: int, sections: int, full_si
     return full.contiguous()
 
 
-def shard_state_dict(full_sd: dict[str, torch.Tensor], model: nn.Module, tp_rank: int, tp_size: int) -> dict[str, torch.Tensor]:
+def shard_state_dict(
+    full_sd: dict[str, torch.Tensor], model: nn.Module, tp_rank: int, tp_size: int
+) -> dict[str, torch.Tensor]:
     """This rank's state dict for `model` (built with tp_size ranks) from a canonical one."""
     params = dict(model.named_parameters())
     local_sd = model.state_dict()
@@ -68,13 +76,27 @@ def shard_state_dict(full_sd: dict[str, torch.Tensor], model: nn.Module, tp_rank
     return out
 
 
-def gather_tensors(model: nn.Module, local: dict[str, torch.Tensor], tp_group=None, dst: int | None = None) -> dict[str, torch.Tensor] | None:
+def _tp_group_or_default(group):
+    """None means megatron's TP group when the groups exist, else a single process."""
+    if group is not None:
+        return group
+    from megatron.core import parallel_state
+
+    if dist.is_initialized() and parallel_state.model_parallel_is_initialized():
+        return parallel_state.get_tensor_model_parallel_group()
+    return None
+
+
+def gather_tensors(
+    model: nn.Module, local: dict[str, torch.Tensor], tp_group=None, dst: int | None = None
+) -> dict[str, torch.Tensor] | None:
     """Canonical tensors from each rank's local ones (keyed by parameter name), e.g. weights or
-    gradients. dst None: every rank gets the result; else only that rank of the group (others
-    get None)."""
+    gradients. tp_group None: megatron's TP group. dst None: every rank of the group gets the
+    result; else only the group's rank dst does (the others get None)."""
     params = dict(model.named_parameters())
-    size = dist.get_world_size(tp_group) if dist.is_initialized() else 1
-    rank = dist.get_rank(tp_group) if dist.is_initialized() else 0
+    tp_group = _tp_group_or_default(tp_group)
+    size = dist.get_world_size(tp_group) if tp_group is not None else 1
+    rank = dist.get_rank(tp_group) if tp_group is not None else 0
     out = {}
     for name, t in local.items():
         if not isinstance(t, torch.Tensor):
@@ -92,15 +114,17 @@ def gather_tensors(model: nn.Module, local: dict[str, torch.Tensor], tp_group=No
             dist.all_gather(parts, t, group=tp_group)
         else:
             parts = [torch.empty_like(t) for _ in range(size)] if rank == dst else None
-            dist.gather(t, parts, dst=dist.get_global_rank(tp_group, dst) if tp_group is not None else dst, group=tp_group)
+            dist.gather(t, parts, group=tp_group, group_dst=dst)
             if rank != dst:
                 continue
         out[name] = unshard_tensor(parts, dim, sections, full_size)
     return out if dst is None or rank == dst else None
 
 
-def gather_state_dict(model: nn.Module, tp_group=None, dst: int | None = None) -> dict[str, torch.Tensor] | None:
-    """The canonical (TP=1) state dict, on every rank of `tp_group` (dst None) or on rank dst."""
+def gather_state_dict(
+    model: nn.Module, tp_group=None, dst: int | None = None
+) -> dict[str, torch.Tensor] | None:
+    """The canonical (TP=1) state dict, on every rank of the TP group (dst None) or on its rank dst."""
     return gather_tensors(model, model.state_dict(), tp_group, dst)
 
 

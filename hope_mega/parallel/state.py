@@ -107,32 +107,6 @@ def data_parallel_ranks() -> list[int]:
     return dist.get_process_group_ranks(dp_group())
 
 
-class DeepSpeedMPU:
-    """The `mpu` object `deepspeed.initialize(mpu=...)` expects, over the groups above.
-
-    "Model parallel" here is tensor parallelism (no pipeline). DeepSpeed uses it to reduce
-    gradients over the data-parallel group only and to count TP-split parameters
-    (`tensor_model_parallel`) once per TP rank in the gradient norm. It deliberately has no
-    `get_sequence_parallel_*` methods: Megatron's sequence parallelism lives inside the TP group,
-    and DeepSpeed would read those as its own (Ulysses) sequence parallelism.
-    """
-
-    get_model_parallel_rank = staticmethod(tp_rank)
-    get_model_parallel_world_size = staticmethod(tp_size)
-    get_model_parallel_group = staticmethod(tp_group)
-    get_tensor_model_parallel_rank = staticmethod(tp_rank)
-    get_tensor_model_parallel_world_size = staticmethod(tp_size)
-    get_tensor_model_parallel_group = staticmethod(tp_group)
-    get_data_parallel_rank = staticmethod(dp_rank)
-    get_data_parallel_world_size = staticmethod(dp_size)
-    get_data_parallel_group = staticmethod(dp_group)
-    get_data_parallel_group_ranks = staticmethod(data_parallel_ranks)
-
-    @staticmethod
-    def get_tensor_model_parallel_src_rank() -> int:
-        return dist.get_process_group_ranks(tp_group())[0]
-
-
 def destroy() -> None:
     """Tear down the megatron groups and the default process group (safe to call twice)."""
     from megatron.core import parallel_state

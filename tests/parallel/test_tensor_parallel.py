@@ -195,6 +195,7 @@ def test_shard_gather_roundtrip_and_megatron_attributes(reference_and_parallel, 
     assert set(res["roundtrip"]) == set(canonical)
     for n, t in canonical.items():
         torch.testing.assert_close(res["roundtrip"][n], t, rtol=0, atol=0, msg=n)
+    assert res["dst_matches"]
     assert res["unmarked"] == [] and res["untagged"] == []
     split = set(res["split_params"])
     heads = {"s0", "w_eta", "b_eta", "w_alpha", "b_alpha", "a_log", "out_norm", "conv_weight"}
@@ -208,7 +209,7 @@ def test_shard_gather_roundtrip_and_megatron_attributes(reference_and_parallel, 
 def test_groups_tp2(reference_and_parallel):
     ranks = [r["groups"] for r in reference_and_parallel[2]["ranks"]]
     assert ranks == [
-        dict(tp_rank=r, tp_size=2, dp_rank=0, dp_size=1, dp_ranks=[r], tp_src=0, mpu_mp=(r, 2)) for r in range(2)
+        dict(tp_rank=r, tp_size=2, dp_rank=0, dp_size=1, dp_ranks=[r], tp_ranks=[0, 1]) for r in range(2)
     ]
 
 
@@ -216,7 +217,7 @@ def test_tp1_megatron_layers_data_parallel(data_parallel_tp1):
     cases, ref, par = data_parallel_tp1
     ranks = [r["groups"] for r in par["ranks"]]
     assert ranks == [
-        dict(tp_rank=0, tp_size=1, dp_rank=r, dp_size=2, dp_ranks=[0, 1], tp_src=r, mpu_mp=(0, 1)) for r in range(2)
+        dict(tp_rank=0, tp_size=1, dp_rank=r, dp_size=2, dp_ranks=[0, 1], tp_ranks=[r]) for r in range(2)
     ]
     res, canonical = par["results"]["titans-tp"], cases["titans-tp"]["state_dict"]
     torch.testing.assert_close(res["loss"], ref["titans-tp"]["loss"], rtol=1e-5, atol=0)

@@ -32,6 +32,11 @@ def run_case(case, tp_group):
     out["split_params"], out["unmarked"], out["untagged"] = split, unmarked, untagged
     out["sp_norms"] = sorted(n for n, p in model.named_parameters() if getattr(p, "sequence_parallel", False))
     out["roundtrip"] = gather_state_dict(model, tp_group)
+    on_dst = gather_state_dict(model, dst=0)  # the default group: megatron's TP group
+    if state.tp_rank() == 0:
+        out["dst_matches"] = all(torch.equal(on_dst[n], t) for n, t in out["roundtrip"].items())
+    else:
+        out["dst_matches"] = on_dst is None
 
     inputs, labels = case["batches"][0]
     loss = model(inputs, labels)
@@ -65,15 +70,14 @@ def main() -> None:
     state.init_distributed(tp)
     try:
         results = {name: run_case(case, state.tp_group()) for name, case in cases["cases"].items()}
-        mpu = state.DeepSpeedMPU
         groups = dict(
             tp_rank=state.tp_rank(), tp_size=state.tp_size(), dp_rank=state.dp_rank(), dp_size=state.dp_size(),
-            dp_ranks=mpu.get_data_parallel_group_ranks(), tp_src=mpu.get_tensor_model_parallel_src_rank(),
-            mpu_mp=(mpu.get_model_parallel_rank(), mpu.get_model_parallel_world_size()),
+            dp_ranks=state.data_parallel_ranks(), tp_ranks=torch.distributed.get_process_group_ranks(state.tp_group()),
         )  # fmt: skip
         # Every rank computes the full per-token loss; keep the others' to check they agree.
         gathered = [None] * torch.distributed.get_world_size()
-        torch.distributed.all_gather_object(gathered, {"losses": {n: r["loss"] for n, r in results.items()}, "groups": groups})
+        mine = {"losses": {n: r["loss"] for n, r in results.items()}, "groups": groups}
+        torch.distributed.all_gather_object(gathered, mine)
         if torch.distributed.get_rank() == 0:
             torch.save({"results": results, "ranks": gathered}, f"{out_dir}/results.pt")
     finally:
