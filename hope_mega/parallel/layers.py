@@ -100,8 +100,10 @@ class MegatronLayers:
             raise ValueError("parallel.sequence_parallel needs parallel.tp > 1 (it shards over the TP group)")
         self.sequence_parallel = sequence_parallel
         self.vocab_multiple = vocab_multiple
-        # CPU initialisation builds each full weight from the default generator and keeps this
-        # rank's slice: identical seeds give a TP-invariant model, and no CUDA RNG tracker is needed.
+        # CPU initialisation draws each full weight from the default generator and keeps this
+        # rank's slice, so with one seed on every rank the slices are those of a single full
+        # weight, and no CUDA RNG tracker is needed. (Parameters the model creates at local size,
+        # the Titans per-head ones, are not covered: equal seeds give every TP rank the same values.)
         self.config = ModelParallelConfig(
             tensor_model_parallel_size=self.tp_size,
             sequence_parallel=sequence_parallel,
