@@ -101,7 +101,8 @@ def test_import_names_missing_files(tmp_path):
     native = tiny_native("attention")
     export_hf(native.cfg, native.state_dict(), tmp_path)
     (tmp_path / "model.safetensors").unlink()
-    with pytest.raises(ConversionError, match=r"no weights, neither model\.safetensors nor model\.safetensors\.index\.json"):
+    missing = r"no weights, neither model\.safetensors nor model\.safetensors\.index\.json"
+    with pytest.raises(ConversionError, match=missing):
         import_hf(tmp_path)
 
 

@@ -29,30 +29,33 @@ def decode_inputs() -> torch.Tensor:
 
 
 @torch.no_grad()
-def test_prefill_then_token_steps_equal_one_full_forward(models):
+@pytest.mark.parametrize("prompt", [PROMPT, PROMPT + 1])
+def test_prefill_then_token_steps_equal_one_full_forward(models, prompt):
+    # prompt 7: row 1's prompt ends with EOS; prompt 8: row 0's last prompt document is exactly
+    # one chunk long, so the first step opens a new chunk from the prefill's final states.
     native, hf = models
     ids = decode_inputs()
     full = hf(ids).logits
     assert (full - native(ids)).abs().max() <= 1e-4
 
-    out = hf(ids[:, :PROMPT], use_cache=True)
+    out = hf(ids[:, :prompt], use_cache=True)
     cache = out.past_key_values
-    assert isinstance(cache, HopeCache) and cache.get_seq_length() == PROMPT
+    assert isinstance(cache, HopeCache) and cache.get_seq_length() == prompt
     if hf.config.mixer == "titans":
         assert cache.layers[0]["S"].shape == (2, 2, 6, 16, 16)
         assert cache.layers[0]["window"].shape == (2, 3, 3, 2, 16)
     logits = [out.logits]
-    for t in range(PROMPT, ids.shape[1]):
+    for t in range(prompt, ids.shape[1]):
         logits.append(hf(ids[:, t : t + 1], past_key_values=cache, use_cache=True).logits)
     stepped = torch.cat(logits, 1)
     diff = (stepped - full).abs().max().item()
-    print(f"{hf.config.mixer}: full forward vs prefill + {ids.shape[1] - PROMPT} steps, max |diff| = {diff:.2e}")
+    print(f"{hf.config.mixer}: full forward vs prefill {prompt} + {ids.shape[1] - prompt} steps, max |diff| = {diff:.2e}")
     assert diff <= 1e-4
 
     # Several new tokens in one call continue from the cache too.
-    cache = hf(ids[:, :PROMPT], use_cache=True).past_key_values
-    rest = hf(ids[:, PROMPT:], past_key_values=cache, use_cache=True).logits
-    assert (rest - full[:, PROMPT:]).abs().max() <= 1e-4
+    cache = hf(ids[:, :prompt], use_cache=True).past_key_values
+    rest = hf(ids[:, prompt:], past_key_values=cache, use_cache=True).logits
+    assert (rest - full[:, prompt:]).abs().max() <= 1e-4
 
 
 @torch.no_grad()
@@ -60,7 +63,9 @@ def test_generate_equals_greedy_decoding_by_full_forwards(models):
     _, hf = models
     prompt, new = decode_inputs()[:, :9], 10
     lengths = []
-    hook = hf.register_forward_pre_hook(lambda m, args, kwargs: lengths.append(kwargs["input_ids"].shape[1]), with_kwargs=True)
+    hook = hf.register_forward_pre_hook(
+        lambda module, args, kwargs: lengths.append(kwargs["input_ids"].shape[1]), with_kwargs=True
+    )
     try:
         generated = hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new, do_sample=False)
     finally:
@@ -99,3 +104,15 @@ def test_beam_search_reorders_the_cache(models):
     cached = hf.generate(prompt, **kwargs)
     uncached = hf.generate(prompt, use_cache=False, **kwargs)
     assert torch.equal(cached, uncached)
+
+
+@torch.no_grad()
+def test_labels_give_the_mean_next_token_loss(models):
+    native, hf = models
+    ids = decode_inputs()
+    labels = ids.clone()
+    labels[:, :5] = -100  # ignored, as transformers' convention has it
+    loss = hf(ids, labels=labels).loss
+    per_token = native(ids[:, :-1], labels[:, 1:].clamp(min=0))
+    expected = per_token[:, 4:].mean()  # targets 5.. are the labelled ones
+    assert abs(loss.item() - expected.item()) <= 1e-5

@@ -164,7 +164,8 @@ def _chunk_step(S, uq, uk, uv, ue, ua, valid, w_eta, b_eta, w_alpha, b_alpha, a_
     rhs = beta[..., None] * (V - G.exp()[..., None] * (K @ S0.transpose(-1, -2)))
     U = torch.linalg.solve_triangular(A, rhs, upper=False, unitriangular=True)
     mem = slice(MEM_MAIN * D, (MEM_MAIN + 1) * D)
-    O = G.exp()[..., None] * (Q @ S[:, :, MEM_MAIN].transpose(-1, -2)) + (decay * (Q @ K.transpose(-1, -2))) @ U[..., mem]
+    O = G.exp()[..., None] * (Q @ S[:, :, MEM_MAIN].transpose(-1, -2))
+    O = O + (decay * (Q @ K.transpose(-1, -2))) @ U[..., mem]
     G_end = G[..., -1:]
     S_next = G_end.exp()[..., None] * S0 + (U * (G_end - G).exp()[..., None]).transpose(-1, -2) @ K
     return (Q + O).transpose(1, 2), S_next.reshape(n, H, N_MEMORIES, D, D)
@@ -475,7 +476,10 @@ class HopeForCausalLM(HopePreTrainedModel, GenerationMixin):
         hidden = []
         for t in range(input_ids.shape[1]):
             token = input_ids[:, t]
-            new_doc = cache.last_token == self.eos_id if self.eos_id is not None else torch.zeros_like(token, dtype=torch.bool)
+            if self.eos_id is not None:
+                new_doc = cache.last_token == self.eos_id
+            else:
+                new_doc = torch.zeros_like(token, dtype=torch.bool)
             position = torch.where(new_doc, torch.zeros_like(cache.position), cache.position + 1)
             cache.doc_start = torch.where(new_doc, torch.full_like(cache.doc_start, cache.seen), cache.doc_start)
             docs = Documents(position[:, None], packed=self.eos_id is not None, doc_start=cache.doc_start)
@@ -494,18 +498,25 @@ class HopeForCausalLM(HopePreTrainedModel, GenerationMixin):
         logits_to_keep: int = 0,
         **kwargs,
     ):
+        """A forward over `input_ids` [B, T]; from an empty cache (or none) the prompt runs chunk-wise,
+        from a filled `past_key_values` the new tokens continue it one step each. With `labels`
+        (shifted inside, -100 ignored) the mean next-token loss is returned too."""
         if attention_mask is not None and not bool(attention_mask.bool().all()):
             raise ValueError(
                 "HopeForCausalLM does not support padding (attention_mask has zeros): its memories would "
                 "read the padding. Batch prompts of equal length, or run them one at a time."
             )
         if past_key_values is not None and not isinstance(past_key_values, HopeCache):
-            raise TypeError(f"past_key_values must be a HopeCache from a previous call, got {type(past_key_values).__name__}")
+            raise TypeError(
+                f"past_key_values must be a HopeCache from a previous call, got {type(past_key_values).__name__}"
+            )
         if past_key_values is not None and past_key_values.seen > 0:
             cache = past_key_values
             hidden = self._forward_steps(input_ids, cache)
         else:
-            cache = past_key_values if past_key_values is not None else (HopeCache(len(self.blocks)) if use_cache else None)
+            cache = past_key_values
+            if cache is None and use_cache:
+                cache = HopeCache(len(self.blocks))
             hidden = self._forward_prompt(input_ids, cache)
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
