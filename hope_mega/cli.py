@@ -17,6 +17,7 @@ SUBCOMMAND_MODULES = (
     "hope_mega.train",  # hope-mega train
     "hope_mega.params",  # hope-mega params
     "hope_mega.smoke",  # hope-mega smoke
+    "hope_mega.demo",  # hope-mega demo
 )
 
 

@@ -24,6 +24,7 @@ class TitansMixer(nn.Module):
         super().__init__()
         D = cfg.head_dim
         self.heads = cfg.n_heads // layers.tp_size  # this rank's heads
+        self.tp_size, self.tp_rank = layers.tp_size, layers.tp_rank
         self.head_dim = D
         self.chunk_size = cfg.chunk_size
         self.eps = cfg.norm_eps
@@ -44,16 +45,25 @@ class TitansMixer(nn.Module):
 
     @torch.no_grad()
     def reset_titans_parameters(self) -> None:
-        D, K = self.head_dim, self.conv_weight.shape[-1]
-        nn.init.uniform_(self.conv_weight, -(K**-0.5), K**-0.5)  # nn.Conv1d's default, fan_in = K
+        """Draw every per-head parameter at its full (all heads) shape and keep this rank's heads,
+        so a model initialised from one seed is the same model at any tensor-parallel size."""
+        D, K, H = self.head_dim, self.conv_weight.shape[-1], self.heads
+        total = H * self.tp_size
+        heads = slice(self.tp_rank * H, (self.tp_rank + 1) * H)
+
+        def full(*shape):
+            return torch.empty(*shape, dtype=self.s0.dtype, device=self.s0.device)
+
+        # nn.Conv1d's default for a depthwise conv (fan_in = K).
+        self.conv_weight.copy_(full(3, total, D, K).uniform_(-(K**-0.5), K**-0.5)[:, heads])
         # Spec §2: zero initial states (every adaptive projection starts as the identity), Gated
         # DeltaNet's gate initialisation, and w ~ N(0, 1/d_h) so S_eta,0 and S_alpha,0 get gradient.
         self.s0.zero_()
-        self.w_eta.normal_(std=D**-0.5)
-        self.w_alpha.normal_(std=D**-0.5)
+        self.w_eta.copy_(full(total, D).normal_(std=D**-0.5)[heads])
+        self.w_alpha.copy_(full(total, D).normal_(std=D**-0.5)[heads])
         self.b_eta.zero_()
-        self.a_log.uniform_(1, 16).log_()
-        dt = torch.empty_like(self.b_alpha).uniform_(math.log(1e-3), math.log(1e-1)).exp()
+        self.a_log.copy_(full(total).uniform_(1, 16).log_()[heads])
+        dt = full(total).uniform_(math.log(1e-3), math.log(1e-1)).exp()[heads]
         self.b_alpha.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
         self.out_norm.fill_(1.0)
 

@@ -1,0 +1,124 @@
+"""`hope-mega train` in real processes: parallel layouts agree, CMS periods hold, kill -9 resumes exactly."""
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+import torch
+
+from hope_mega import checkpoint
+
+from train_launch import env, kill_tree, metrics, run_train, train_command
+
+
+def rel(a, b):
+    return abs(a - b) / max(abs(a), 1e-12)
+
+
+@pytest.fixture(scope="module")
+def single(tiny_data, tmp_path_factory):
+    """The reference: one process, 9 steps, a checkpoint after every step."""
+    save = tmp_path_factory.mktemp("single")
+    run_train(1, tiny_data, save, "train.save_every=1")
+    return save
+
+
+@pytest.fixture(scope="module")
+def dp2(tiny_data, tmp_path_factory):
+    """Data parallel over 2 processes with ZeRO-2 at the same global batch, uninterrupted."""
+    save = tmp_path_factory.mktemp("dp2")
+    run_train(2, tiny_data, save, "train.save_every=1")
+    return save
+
+
+def model_states(ckpt):
+    return torch.load(ckpt / "mp_rank_00_model_states.pt", weights_only=False)["module"]
+
+
+def test_loss_falls_and_metrics_are_complete(single):
+    m = metrics(single)
+    assert sorted(m) == list(range(1, 10))
+    for rec in m.values():
+        assert {"step", "loss", "lr", "grad_norm", "tokens_per_s"} <= set(rec)
+    assert m[9]["loss"] < m[1]["loss"] - 0.3
+
+
+def test_data_parallel_zero2_matches_single_process(single, dp2):
+    a, b = metrics(single), metrics(dp2)
+    for step in range(1, 10):
+        assert a[step]["data_digest"] == b[step]["data_digest"], f"step {step}: different samples"
+        # DP averages two partial sums where one process sums four: fp32 rounding differs only.
+        assert rel(a[step]["loss"], b[step]["loss"]) <= 1e-5, (step, a[step]["loss"], b[step]["loss"])
+
+
+@pytest.mark.parametrize("sp", [False, True], ids=["tp2", "tp2-sp"])
+def test_tensor_parallel_matches_single_process(single, tiny_data, tmp_path, sp):
+    run_train(2, tiny_data, tmp_path, "parallel.tp=2", f"parallel.sequence_parallel={str(sp).lower()}",
+              "train.steps=3", "parallel.zero_stage=1")
+    a, b = metrics(single), metrics(tmp_path)
+    for step in (1, 2, 3):
+        assert rel(a[step]["loss"], b[step]["loss"]) <= 1e-5, (step, a[step]["loss"], b[step]["loss"])
+        assert rel(a[step]["grad_norm"], b[step]["grad_norm"]) <= 1e-4
+
+
+def test_cms_level_with_period_3_changes_only_every_third_step(single):
+    states = {s: model_states(single / checkpoint.tag_for(s)) for s in range(1, 10)}
+    slow = [k for k, v in states[1].items() if ".cms.levels.1." in k and torch.is_tensor(v)]
+    fast = [k for k, v in states[1].items() if ".cms.levels.0." in k and k.endswith("weight")]
+    assert slow and fast
+    for step in range(2, 10):
+        changed = any(not torch.equal(states[step][k], states[step - 1][k]) for k in slow)
+        assert changed == (step % 3 == 0), f"period-3 level changed={changed} at step {step}"
+        assert all(not torch.equal(states[step][k], states[step - 1][k]) for k in fast)
+
+
+def test_kill_9_and_restart_continues_exactly(dp2, tiny_data, tmp_path):
+    """Kill -9 a DP=2 run mid-way, cut its newest checkpoint short, restart the same command."""
+    kill_after = 4 + int(time.time()) % 3  # a step in 4..6: mid-period for the period-3 level
+    cmd = train_command(2, tiny_data, tmp_path, "train.save_every=1")
+    proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 600
+    while not (tmp_path / checkpoint.tag_for(kill_after + 1)).exists():
+        assert proc.poll() is None, "the run ended before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.01)
+    kill_tree(proc.pid)
+    proc.wait()
+    # The newest checkpoint is cut short on disk: the restart must skip it and use the one before.
+    newest = checkpoint.list_checkpoints(tmp_path)[0]
+    victim = newest / "mp_rank_00_model_states.pt"
+    victim.write_bytes(victim.read_bytes()[:100])
+    resumed_from = int(checkpoint.list_checkpoints(tmp_path)[1].name.split("_")[1])
+
+    out = run_train(2, tiny_data, tmp_path, "train.save_every=1")
+    assert f"ignoring checkpoint {newest}: file mp_rank_00_model_states.pt has 100 bytes" in out.stdout
+    assert f"resumed from {tmp_path / checkpoint.tag_for(resumed_from)} at step {resumed_from}" in out.stdout
+
+    a, b = metrics(dp2), metrics(tmp_path)
+    assert sorted(b) == list(range(1, 10))
+    for step in range(1, 10):
+        # Same process layout and reduction order as the uninterrupted run: bitwise equal.
+        assert a[step]["loss"] == b[step]["loss"], (step, a[step]["loss"], b[step]["loss"])
+        assert a[step]["data_digest"] == b[step]["data_digest"], f"step {step}: data skipped or repeated"
+    final_a = model_states(dp2 / checkpoint.tag_for(9))
+    final_b = model_states(tmp_path / checkpoint.tag_for(9))
+    for key, value in final_a.items():
+        if torch.is_tensor(value):
+            assert torch.equal(value, final_b[key]), key
+
+
+def test_cut_short_checkpoint_is_ignored_with_a_message(single, tmp_path):
+    shutil.copytree(single / checkpoint.tag_for(8), tmp_path / checkpoint.tag_for(8))
+    shutil.copytree(single / checkpoint.tag_for(9), tmp_path / checkpoint.tag_for(9))
+    (tmp_path / checkpoint.tag_for(9) / checkpoint.TRAINER_STATE).unlink()
+    messages = []
+    assert checkpoint.latest_valid(tmp_path, log=messages.append) == tmp_path / checkpoint.tag_for(8)
+    assert messages == [f"ignoring checkpoint {tmp_path / checkpoint.tag_for(9)}: missing file {checkpoint.TRAINER_STATE}"]
+    (tmp_path / checkpoint.tag_for(8) / checkpoint.MANIFEST).unlink()
+    messages.clear()
+    assert checkpoint.latest_valid(tmp_path, log=messages.append) is None
+    assert messages[1].endswith("no manifest.json (the save did not finish)")
