@@ -238,6 +238,10 @@ def validate(cfg: Config) -> None:
     for i, level in enumerate(m.cms_levels):
         if level.hidden % p.tp:
             raise ConfigError(f"model.cms_levels[{i}].hidden: {level.hidden} is not divisible by parallel.tp={p.tp}")
+    if p.sequence_parallel and p.tp == 1:
+        raise ConfigError("parallel.sequence_parallel: needs parallel.tp > 1 (it shards the sequence over the TP group)")
+    if p.sequence_parallel and t.seq_len % p.tp:
+        raise ConfigError(f"train.seq_len: {t.seq_len} is not divisible by parallel.tp={p.tp} (sequence parallelism)")
     if p.zero_stage not in (0, 1, 2, 3):
         raise ConfigError(f"parallel.zero_stage: must be 0, 1, 2 or 3, got {p.zero_stage}")
     for key in ("seq_len", "global_batch", "micro_batch", "steps"):

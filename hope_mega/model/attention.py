@@ -25,6 +25,8 @@ def rotary(x: torch.Tensor, position: torch.Tensor, theta: float) -> torch.Tenso
 class AttentionMixer(nn.Module):
     def __init__(self, cfg: ModelConfig, layers, n_layers: int):
         super().__init__()
+        if cfg.n_heads % layers.tp_size:
+            raise ValueError(f"model.n_heads: {cfg.n_heads} heads cannot be split over {layers.tp_size} tensor-parallel ranks")
         self.heads = cfg.n_heads // layers.tp_size
         self.head_dim = cfg.head_dim
         self.theta = cfg.rope_theta

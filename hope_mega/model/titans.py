@@ -22,6 +22,8 @@ SECTIONS = ("q", "k", "v", "eta", "alpha", "gate")
 class TitansMixer(nn.Module):
     def __init__(self, cfg: ModelConfig, layers, n_layers: int, impl: str = "auto"):
         super().__init__()
+        if cfg.n_heads % layers.tp_size:
+            raise ValueError(f"model.n_heads: {cfg.n_heads} heads cannot be split over {layers.tp_size} tensor-parallel ranks")
         D = cfg.head_dim
         self.heads = cfg.n_heads // layers.tp_size  # this rank's heads
         self.tp_size, self.tp_rank = layers.tp_size, layers.tp_rank

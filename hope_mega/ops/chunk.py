@@ -67,10 +67,42 @@ class ChunkSchedule:
         self.order = order.to(device)
         self.num_sequences = len(lengths)
 
+    def gather(self, *inputs: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """[B, T, H, D] inputs -> [slots, C, len(inputs), H, D] in one gather (padding reads zeros)."""
+        B, T, H, D = inputs[0].shape
+        x = torch.stack([u.reshape(B * T, H, D).to(dtype) for u in inputs], 1)
+        x = torch.cat([x, x.new_zeros(1, *x.shape[1:])])  # the zero row that padding points at
+        return x[self.gather_index]
+
+    def final_states(self, finished: list[torch.Tensor]) -> torch.Tensor:
+        """Per-step lists of the states of the sequences that ended there -> [N, ...] in input
+        order. Sequences finish from the end of the sorted order backwards."""
+        return torch.cat(finished[::-1])[torch.argsort(self.order)]
+
 
 def _read(S: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """M(u) = u + S u for a chunk: S [n, H, D, D], u [n, C, H, D]."""
     return u + torch.einsum("nhij,nchj->nchi", S, u)
+
+
+def chunk_reads(S, uq, uk, uv, ue, ua, w_eta, b_eta, w_alpha, b_alpha, a_log):
+    """What a chunk reads from the states at its start, S [n, H, 6, D, D], inputs [n, C, H, D].
+
+    Returns q, k [n, C, H, D], the delta-rule values v_hat_m - k of the six memories stacked
+    [n, C, H, 6*D], and beta, g [n, C, H].
+    """
+    n, C, H, D = uq.shape
+    k = unit_norm(_read(S[:, :, MEM_K], uk))
+    q = unit_norm(_read(S[:, :, MEM_Q], uq))
+    v = unit_norm(_read(S[:, :, MEM_V], uv))
+    # w . M(u) = w . u + (S^T w) . u: S_eta and S_alpha are read through one vector per chunk.
+    r_eta = w_eta + torch.einsum("nhij,hi->nhj", S[:, :, MEM_ETA], w_eta)
+    r_alpha = w_alpha + torch.einsum("nhij,hi->nhj", S[:, :, MEM_ALPHA], w_alpha)
+    beta = learning_rate(torch.einsum("nchd,nhd->nch", ue, r_eta) + b_eta)
+    g = log_decay(torch.einsum("nchd,nhd->nch", ua, r_alpha) + b_alpha, a_log)
+    v_hat = unit_norm(v[:, :, :, None] + torch.einsum("nhmij,nchj->nchmi", S, v))  # [n, C, H, 6, D]
+    values = (v_hat - k[:, :, :, None]).reshape(n, C, H, len(MEMORIES) * D)
+    return q, k, values, beta, g
 
 
 def _chunk_step(S, uq, uk, uv, ue, ua, valid, w_eta, b_eta, w_alpha, b_alpha, a_log):
@@ -80,23 +112,16 @@ def _chunk_step(S, uq, uk, uv, ue, ua, valid, w_eta, b_eta, w_alpha, b_alpha, a_
     memory's output [n, C, H, D] and the states at the chunk end.
     """
     n, C, H, D = uq.shape
-    k = unit_norm(_read(S[:, :, MEM_K], uk))
-    q = unit_norm(_read(S[:, :, MEM_Q], uq))
-    v = unit_norm(_read(S[:, :, MEM_V], uv))
-    # w . M(u) = w . u + (S^T w) . u: S_eta and S_alpha are read through one vector per chunk.
-    r_eta = w_eta + torch.einsum("nhij,hi->nhj", S[:, :, MEM_ETA], w_eta)
-    r_alpha = w_alpha + torch.einsum("nhij,hi->nhj", S[:, :, MEM_ALPHA], w_alpha)
-    mask = valid[:, :, None].float()
+    q, k, values, beta, g = chunk_reads(S, uq, uk, uv, ue, ua, w_eta, b_eta, w_alpha, b_alpha, a_log)
     # Padding (past a sequence's end) gets beta = 0 and g = 0: it leaves the state untouched.
-    beta = learning_rate(torch.einsum("nchd,nhd->nch", ue, r_eta) + b_eta) * mask
-    g = log_decay(torch.einsum("nchd,nhd->nch", ua, r_alpha) + b_alpha, a_log) * mask
-    v_hat = unit_norm(v[:, :, :, None] + torch.einsum("nhmij,nchj->nchmi", S, v))  # [n, C, H, 6, D]
+    mask = valid[:, :, None].to(beta.dtype)
+    beta, g = beta * mask, g * mask
 
     # Gated delta rule over the chunk, heads first: values are the six blocks v_hat - k.
     M = len(MEMORIES)
     K = k.transpose(1, 2)  # [n, H, C, D]
     Q = q.transpose(1, 2)
-    V = (v_hat - k[:, :, :, None]).permute(0, 2, 1, 3, 4).reshape(n, H, C, M * D)
+    V = values.transpose(1, 2)  # [n, H, C, 6D]
     beta = beta.transpose(1, 2)  # [n, H, C]
     G = g.transpose(1, 2).cumsum(-1)  # log of the decay from the chunk start, <= 0
     S0 = S.reshape(n, H, M * D, D)
@@ -138,9 +163,7 @@ def titans_chunk(
     B, T, H, D = u_q.shape
     sched = ChunkSchedule(sequence_lengths(B, T, cu_seqlens), chunk_size, u_q.device)
     dt = compute_dtype(u_q)
-    x = torch.stack([u.reshape(B * T, H, D).to(dt) for u in (u_q, u_k, u_v, u_eta, u_alpha)], 1)
-    x = torch.cat([x, x.new_zeros(1, *x.shape[1:])])  # the zero row that padding points at
-    slots = x[sched.gather_index]  # [slots, C, 5, H, D], one gather for the whole batch
+    slots = sched.gather(u_q, u_k, u_v, u_eta, u_alpha, dtype=dt)  # [slots, C, 5, H, D]
     params = [p.to(dt) for p in (w_eta, b_eta, w_alpha, b_alpha, a_log)]
 
     S = s0.to(dt).expand(sched.num_sequences, *s0.shape)
@@ -154,9 +177,4 @@ def titans_chunk(
         finished.append(S[still:])  # sequences whose last chunk this was
         S = S[:still]
     o = torch.cat(outs).flatten(0, 1)[sched.scatter_index].reshape(B, T, H, D)
-    if not output_final_state:
-        return o, None
-    # Sequences finish from the end of the sorted order backwards.
-    final_sorted = torch.cat(finished[::-1])
-    final = final_sorted[torch.argsort(sched.order)]
-    return o, final
+    return o, (sched.final_states(finished) if output_final_state else None)

@@ -23,48 +23,8 @@ import os
 
 import torch
 
-from .chunk import ChunkSchedule
-from .common import (
-    MEM_ALPHA,
-    MEM_ETA,
-    MEM_K,
-    MEM_MAIN,
-    MEM_Q,
-    MEM_V,
-    MEMORIES,
-    check_inputs,
-    compute_dtype,
-    learning_rate,
-    log_decay,
-    sequence_lengths,
-    unit_norm,
-)
-
-
-def _read(S: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """M(u) = u + S u for a chunk: S [n, H, D, D], u [n, C, H, D]."""
-    return u + torch.einsum("nhij,nchj->nchi", S, u)
-
-
-def _chunk_reads(S, uq, uk, uv, ue, ua, w_eta, b_eta, w_alpha, b_alpha, a_log):
-    """What a chunk reads from the states at its start, S [n, H, 6, D, D], inputs [n, C, H, D].
-
-    Returns q, k [n, C, H, D], the delta-rule values v_hat_m - k of the six memories stacked
-    [n, C, H, 6*D], and beta, g [n, C, H]. Padding rows (zero inputs) give finite values; the
-    caller drops them.
-    """
-    n, C, H, D = uq.shape
-    k = unit_norm(_read(S[:, :, MEM_K], uk))
-    q = unit_norm(_read(S[:, :, MEM_Q], uq))
-    v = unit_norm(_read(S[:, :, MEM_V], uv))
-    # w . M(u) = w . u + (S^T w) . u: S_eta and S_alpha are read through one vector per chunk.
-    r_eta = w_eta + torch.einsum("nhij,hi->nhj", S[:, :, MEM_ETA], w_eta)
-    r_alpha = w_alpha + torch.einsum("nhij,hi->nhj", S[:, :, MEM_ALPHA], w_alpha)
-    beta = learning_rate(torch.einsum("nchd,nhd->nch", ue, r_eta) + b_eta)
-    g = log_decay(torch.einsum("nchd,nhd->nch", ua, r_alpha) + b_alpha, a_log)
-    v_hat = unit_norm(v[:, :, :, None] + torch.einsum("nhmij,nchj->nchmi", S, v))  # [n, C, H, 6, D]
-    values = (v_hat - k[:, :, :, None]).reshape(n, C, H, len(MEMORIES) * D)
-    return q, k, values, beta, g
+from .chunk import ChunkSchedule, chunk_reads
+from .common import MEM_MAIN, MEMORIES, check_inputs, compute_dtype, sequence_lengths
 
 
 def titans_fla(
@@ -97,9 +57,7 @@ def titans_fla(
     M = len(MEMORIES)
     sched = ChunkSchedule(sequence_lengths(B, T, cu_seqlens), chunk_size, u_q.device)
     dt = compute_dtype(u_q)
-    x = torch.stack([u.reshape(B * T, H, D).to(dt) for u in (u_q, u_k, u_v, u_eta, u_alpha)], 1)
-    x = torch.cat([x, x.new_zeros(1, *x.shape[1:])])  # the zero row that padding points at
-    slots = x[sched.gather_index]  # [slots, C, 5, H, D], one gather for the whole batch
+    slots = sched.gather(u_q, u_k, u_v, u_eta, u_alpha, dtype=dt)  # [slots, C, 5, H, D]
     params = [p.to(dt) for p in (w_eta, b_eta, w_alpha, b_alpha, a_log)]
 
     # Per step, the real tokens of the running sequences and their fla varlen boundaries. Kept on
@@ -117,7 +75,7 @@ def titans_fla(
     outs, finished = [], []
     for step, xs in enumerate(slots.split(sched.active)):
         n = sched.active[step]
-        q, k, values, beta, g = _chunk_reads(S, *xs.unbind(2), *params)
+        q, k, values, beta, g = chunk_reads(S, *xs.unbind(2), *params)
         q, k, values, beta, g = (t.flatten(0, 1)[real[step]][None] for t in (q, k, values, beta, g))
         # fla's state is [n, H, K, V]: S^T, with the six memories side by side along V.
         h0 = S.reshape(n, H, M * D, D).transpose(-1, -2)
@@ -139,9 +97,4 @@ def titans_fla(
         finished.append(S[still:])  # sequences whose last chunk this was
         S = S[:still]
     o = torch.cat(outs)[token_pos].reshape(B, T, H, D)
-    if not output_final_state:
-        return o, None
-    # Sequences finish from the end of the sorted order backwards.
-    final_sorted = torch.cat(finished[::-1])
-    final = final_sorted[torch.argsort(sched.order)]
-    return o, final
+    return o, (sched.final_states(finished) if output_final_state else None)

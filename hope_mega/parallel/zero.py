@@ -39,6 +39,14 @@ class MegatronMPU:
     def get_data_parallel_group(self):
         return self.ps.get_data_parallel_group()
 
+    def get_data_parallel_group_ranks(self):
+        import torch.distributed as dist
+
+        return dist.get_process_group_ranks(self.ps.get_data_parallel_group())
+
+    def get_tensor_model_parallel_src_rank(self):
+        return self.ps.get_tensor_model_parallel_src_rank()
+
     # DeepSpeed's gradient-norm code asks for these names too.
     get_tensor_model_parallel_rank = get_model_parallel_rank
     get_tensor_model_parallel_world_size = get_model_parallel_world_size

@@ -12,7 +12,7 @@ def write(tmp_path, text):
 
 def test_overrides_apply_with_yaml_types(tmp_path):
     path = write(tmp_path, "model:\n  d_model: 64\n  n_heads: 2\n")
-    cfg = load_config(path, ["model.n_layers=3", "train.lr=1e-3", "parallel.sequence_parallel=true",
+    cfg = load_config(path, ["model.n_layers=3", "train.lr=1e-3", "parallel.tp=2", "parallel.sequence_parallel=true",
                              "model.cms_levels=[{hidden: 32, period: 3}]"])
     assert (cfg.model.d_model, cfg.model.n_layers, cfg.train.lr) == (64, 3, 1e-3)
     assert cfg.parallel.sequence_parallel is True

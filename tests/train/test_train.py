@@ -1,8 +1,6 @@
 """`hope-mega train` in real processes: parallel layouts agree, CMS periods hold, kill -9 resumes exactly."""
 
-import os
 import shutil
-import signal
 import subprocess
 import time
 
