@@ -18,6 +18,8 @@ SUBCOMMAND_MODULES = (
     "hope_mega.params",  # hope-mega params
     "hope_mega.smoke",  # hope-mega smoke
     "hope_mega.demo",  # hope-mega demo
+    "hope_mega.convert.cli",  # hope-mega convert
+    "hope_mega.eval.cli",  # hope-mega eval
 )
 
 

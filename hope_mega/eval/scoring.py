@@ -1,0 +1,43 @@
+"""Score a model on a SyntheticBatch: accuracy of its answer tokens.
+
+The model is any callable `logits_fn(input_ids [B, T]) -> logits [B, T, V]`. Teacher forcing: each
+answer position is judged by the argmax over the task's candidate ids at the position before it,
+so a model that never learned the task's output alphabet is still scored against chance
+(1 / number of candidates) rather than against the whole vocabulary.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from .synthetic import SyntheticBatch
+
+LogitsFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+@torch.no_grad()
+def predictions(logits_fn: LogitsFn, batch: SyntheticBatch, batch_size: int = 16) -> torch.Tensor:
+    """[n, T] predicted candidate ids at every position (only the loss-mask ones matter)."""
+    out = []
+    cand = batch.candidates
+    for start in range(0, len(batch), batch_size):
+        logits = logits_fn(batch.input_ids[start : start + batch_size])
+        out.append(cand[logits[..., cand.to(logits.device)].argmax(-1).cpu()])
+    return torch.cat(out)
+
+
+def score(logits_fn: LogitsFn, batch: SyntheticBatch, batch_size: int = 16) -> dict:
+    """accuracy: fraction of answer tokens right; exact_match: fraction of examples with all right."""
+    pred = predictions(logits_fn, batch, batch_size)
+    right = (pred == batch.labels) & batch.loss_mask
+    per_example = right.sum(1) == batch.loss_mask.sum(1)
+    return {
+        "accuracy": right.sum().item() / max(batch.loss_mask.sum().item(), 1),
+        "exact_match": per_example.float().mean().item(),
+        "chance": 1.0 / len(batch.candidates),
+        "answers": int(batch.loss_mask.sum().item()),
+        "examples": len(batch),
+        "seq_len": batch.input_ids.shape[1],
+    }
