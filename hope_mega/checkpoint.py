@@ -139,11 +139,21 @@ def load(engine, ckpt: Path) -> dict[str, Any]:
         raise CheckpointError(
             f"{ckpt}: checkpoint format version {state.get('format_version')!r}, this hope-mega reads {FORMAT_VERSION}"
         )
+    saved_dp = state["world_size"] // state["config"]["parallel"]["tp"]
+    dp_changed = saved_dp != engine.dp_world_size
+    if dp_changed and not engine.zero_optimization():
+        # Without ZeRO the optimizer state sits whole in the model-states file: nothing to re-cut.
+        dp_changed = False
     load_path, _ = engine.load_checkpoint(
-        str(ckpt.parent), tag=ckpt.name, load_optimizer_states=True, load_lr_scheduler_states=False
+        str(ckpt.parent), tag=ckpt.name, load_optimizer_states=not dp_changed,
+        load_lr_scheduler_states=False, load_module_only=dp_changed,
     )
     if load_path is None:
         raise CheckpointError(f"{ckpt}: DeepSpeed found no model states to load")
+    if dp_changed:
+        from .parallel.zero import reshard_zero_optimizer
+
+        reshard_zero_optimizer(engine, ckpt, saved_dp)
     rank_file = ckpt / f"rank_{dist.get_rank():05d}.pt"
     if rank_file.is_file() and state.get("world_size") == dist.get_world_size():
         state["rank_state"] = torch.load(rank_file, weights_only=False)

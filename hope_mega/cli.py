@@ -37,9 +37,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_known_warnings() -> None:
+    """Warnings every CPU run prints and no user can act on."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
+    warnings.filterwarnings("ignore", message="Triton is not supported on current platform")
+    warnings.filterwarnings("ignore", message=".*torch.jit.script_method.*is deprecated")
+
+
 def main(argv: list[str] | None = None) -> int:
     from .config import ConfigError
 
+    _quiet_known_warnings()
     args = build_parser().parse_args(argv)
     try:
         result = args.func(args)

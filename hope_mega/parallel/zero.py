@@ -88,8 +88,15 @@ def deepspeed_config(cfg: Config, dp_size: int, bf16: bool) -> dict:
 
 
 def build_engine(model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg: Config, dp_size: int, bf16: bool):
+    import logging
+    import os
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # instead of a warning on every rank
     import deepspeed
 
+    # CMSAdamW is a plain torch optimizer; DeepSpeed warns about any it has not tested.
+    logging.getLogger("DeepSpeed").setLevel(logging.ERROR)
     if not torch.cuda.is_available():
         _skip_cpu_shm_build()
     engine, _, _, _ = deepspeed.initialize(
@@ -100,3 +107,50 @@ def build_engine(model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg: 
         dist_init_required=False,
     )
     return engine
+
+
+def reshard_zero_optimizer(engine, ckpt, saved_dp: int) -> None:
+    """Load a ZeRO-1/2 optimizer state saved with `saved_dp` data-parallel ranks into an engine
+    running with another number (DeepSpeed refuses this itself).
+
+    Each parameter group's state is one flat fp32 vector cut into equal partitions, the last
+    padded at its end: join the saved partitions, drop that padding, pad for the new size and
+    keep this rank's slice. That covers the fp32 master weights and every per-element optimizer
+    state (Adam moments, CMS gradient accumulators); scalar state and group settings (the CMS
+    period counters) are the same on every rank.
+    """
+    from pathlib import Path
+
+    from megatron.core import parallel_state as ps
+
+    zero = engine.optimizer
+    tp = ps.get_tensor_model_parallel_rank()
+    files = [Path(ckpt) / f"zero_pp_rank_{r}_mp_rank_{tp:02d}_optim_states.pt" for r in range(saved_dp)]
+    saved = [torch.load(f, weights_only=False)["optimizer_state_dict"] for f in files]
+    if any(any(p for p in paddings) for s in saved for paddings in s["param_alignment_paddings"]):
+        raise ValueError(f"{ckpt}: its ZeRO partitions pad inside parameter groups; resume it with {saved_dp} data-parallel ranks")
+    dp, rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
+    base = zero.optimizer
+
+    def reslice(parts: list[torch.Tensor], group: int, new_numel: int) -> torch.Tensor:
+        flat = torch.cat([p.flatten() for p in parts])
+        flat = flat[: flat.numel() - saved[-1]["group_paddings"][group]]
+        flat = torch.cat([flat, flat.new_zeros(new_numel * dp - flat.numel())])
+        return flat[rank * new_numel : (rank + 1) * new_numel]
+
+    for g, fp32 in enumerate(zero.single_partition_of_fp32_groups):
+        n = fp32.numel()
+        with torch.no_grad():
+            fp32.copy_(reslice([s["single_partition_of_fp32_groups"][g] for s in saved], g, n))
+        param = base.param_groups[g]["params"][0]
+        states = [s["base_optimizer_state"]["state"].get(g, {}) for s in saved]
+        new_state = {}
+        for key, value in states[0].items():
+            if torch.is_tensor(value) and value.numel() > 1:
+                new_state[key] = reslice([st[key] for st in states], g, n).clone().to(param.device)
+            else:
+                new_state[key] = value
+        base.state[param] = new_state
+        for key, value in saved[0]["base_optimizer_state"]["param_groups"][g].items():
+            if key != "params":
+                base.param_groups[g][key] = value

@@ -120,3 +120,16 @@ def test_cut_short_checkpoint_is_ignored_with_a_message(single, tmp_path):
     messages.clear()
     assert checkpoint.latest_valid(tmp_path, log=messages.append) is None
     assert messages[1].endswith("no manifest.json (the save did not finish)")
+
+
+def test_resume_with_another_data_parallel_size(dp2, tiny_data, tmp_path):
+    """A DP=2 ZeRO-2 checkpoint resumed by one process: the ZeRO optimizer state (Adam moments,
+    CMS accumulators mid-period) is re-cut for DP=1 and the data order goes on unchanged."""
+    shutil.copytree(dp2 / checkpoint.tag_for(4), tmp_path / checkpoint.tag_for(4))
+    out = run_train(1, tiny_data, tmp_path)
+    assert f"resumed from {tmp_path / checkpoint.tag_for(4)} at step 4" in out.stdout
+    a, b = metrics(dp2), metrics(tmp_path)
+    assert sorted(b) == list(range(5, 10))
+    for step in range(5, 10):
+        assert a[step]["data_digest"] == b[step]["data_digest"], f"step {step}: different samples"
+        assert rel(a[step]["loss"], b[step]["loss"]) <= 1e-5, (step, a[step]["loss"], b[step]["loss"])
