@@ -31,7 +31,9 @@ def parse_args():
     p.add_argument("--dtype", choices=["bfloat16", "float32"], default=None, help="input dtype (default bf16 on cuda)")
     p.add_argument("--repeats", type=int, default=None)
     p.add_argument("--skip", nargs="*", default=[], help="rows to leave out (e.g. chunk at 16K)")
-    p.add_argument("--dot-precision", default="ieee", help="fused kernels' tl.dot precision on cuda: ieee, tf32x3, tf32")
+    p.add_argument("--dot-precision", default=None, help="fused kernels' tl.dot precision on cuda: tf32x3 (default), ieee, tf32")
+    p.add_argument("--compile-for", type=int, metavar="SM", help="only compile the kernels for this CUDA arch "
+                   "(e.g. 90), no GPU needed: prints compile time, shared memory, local-memory spills")
     p.add_argument("--check", action="store_true", help="also print fused vs chunk errors")
     return p.parse_args()
 
@@ -141,7 +143,47 @@ def check(leaves, C):
     }
 
 
+def compile_only(sm: int):
+    """Compile both kernels for a CUDA target without a device, at the model's head width, and
+    report what ptxas says about registers and spills."""
+    import contextlib
+    import io
+    import re
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from hope_mega.ops import fused_kernels
+
+    triton.knobs.nvidia.dump_ptxas_log = True
+    D = args.head_dim or 128
+    C = args.chunk_size or 64
+    prec = args.dot_precision or fused.DOT_PRECISION
+    consts = dict(H=16, D=D, C=C, BC=max(16, C), EPS=fused.NORM_EPS, PREC=prec)
+    for kern in (fused_kernels._titans_fwd_kernel, fused_kernels._titans_bwd_kernel):
+        names = list(kern.arg_names)
+        sig = {n: "constexpr" if n in consts else "*i64" if n in ("CU", "SLOT0")
+               else "*bf16" if n in ("UQ", "UK", "UV", "UE", "UA") else "*fp32" for n in names}
+        src = ASTSource(fn=kern, signature=sig, constexprs={(names.index(k),): v for k, v in consts.items()})
+        t0 = time.perf_counter()
+        log = io.StringIO()
+        with contextlib.redirect_stdout(log):
+            compiled = triton.compile(src, target=GPUTarget("cuda", sm, 32),
+                                      options=dict(num_warps=fused._num_warps(D), num_stages=1))
+        text = log.getvalue()
+        found = lambda pat: [int(x) for x in re.findall(pat, text)]  # noqa: E731
+        print(json.dumps({"kernel": kern.fn.__name__, "sm": sm, "D": D, "C": C, "dot_precision": prec,
+                          "compile_s": round(time.perf_counter() - t0, 1),
+                          "shared_bytes": compiled.metadata.shared,
+                          "registers": found(r"Used (\d+) registers"),
+                          "spill_store_bytes": found(r"(\d+) bytes spill stores"),
+                          "stack_frame_bytes": found(r"(\d+) bytes stack frame")}), flush=True)
+
+
 def main():
+    if args.compile_for:
+        return compile_only(args.compile_for)
     dev = args.device
     cuda = dev == "cuda"
     if cuda and not torch.cuda.is_available():
@@ -152,7 +194,8 @@ def main():
     dtype = getattr(torch, args.dtype or ("bfloat16" if cuda else "float32"))
     repeats = args.repeats or (5 if cuda else 1)
     C, B = args.chunk_size or (64 if cuda else 16), args.batch
-    fused.DOT_PRECISION = args.dot_precision
+    if args.dot_precision:
+        fused.DOT_PRECISION = args.dot_precision
 
     try:
         from hope_mega.ops.fla_chunked import titans_fla
@@ -168,7 +211,7 @@ def main():
     for H in heads:
         for T in seq_lens:
             shape = dict(B=B, T=T, H=H, D=D, C=C, dtype=str(dtype).split(".")[-1], device=dev,
-                         dot_precision=args.dot_precision if cuda else "ieee")
+                         dot_precision=fused.DOT_PRECISION if cuda else "ieee")
             leaves = make_inputs(B, T, H, D, dtype, dev)
             result = {"shape": shape}
             for name, fn in rows.items():

@@ -12,14 +12,16 @@ One program per (sequence, head) runs the whole serial chunk loop. Layout choice
 - The chunk is padded to BC = max(16, next power of two ≥ C) rows (tl.dot needs ≥ 16); rows past
   the chunk or the sequence end load zeros and get β = 0, g = 0, so they leave the states alone,
   exactly as the torch path pads.
-- (I + A)^-1 is formed once per chunk by forward substitution over rows (exact like a triangular
-  solve; the Neumann-product form would multiply powers of A and lose accuracy), then shared by
-  the six memories and, transposed, by the backward.
-- Dots run in IEEE fp32 by default (PREC = "ieee"): the recurrence is fp32 by spec §4 and plain
-  tf32 (10-bit mantissa) would break agreement with the torch path. IEEE fp32 dots do not use
-  tensor cores; "tf32x3" (three tf32 products, close to fp32 accuracy) is the option to measure
-  on H100 (fused.DOT_PRECISION). No autotuning: the kernels must also run under
-  TRITON_INTERPRET=1 on CPU, where there is nothing to time.
+- (I + A)^-1 is formed once per chunk by forward substitution over rows, which has the accuracy
+  of a triangular solve (the doubling product (I - A)(I + A^2)(I + A^4)... would be fewer
+  steps but multiplies powers of A; its accuracy was not checked), then shared by the six
+  memories and, transposed, by the backward.
+- Dots take their precision from PREC (fused.DOT_PRECISION): "tf32x3" on CUDA by default, close
+  to fp32 (spec §4 keeps the recurrence in fp32; plain tf32's 10-bit mantissa would not be) while
+  using tensor cores; "ieee" is exact fp32 but compiles to huge FMA code. No autotuning: the
+  kernels must also run under TRITON_INTERPRET=1 on CPU, where there is nothing to time.
+- The six memories are a runtime loop, not an unrolled one: unrolled, the backward is six copies
+  of about a dozen dots (three mma each at tf32x3), and ptxas takes minutes over it.
 - Program-local stores that the same program re-reads with another thread layout (states, state
   gradients) are separated by barriers.
 """
@@ -139,7 +141,7 @@ def _titans_fwd_kernel(
         eG = tl.exp(G)
         e = tl.exp(G_end - G)
         gC = tl.exp(G_end)
-        for m in tl.static_range(6):
+        for m in range(0, 6):
             S_m = tl.load(S_ptr + m * D * D + off_s)
             yh = v + tl.dot(v, tl.trans(S_m), input_precision=PREC)
             vhat = yh * tl.rsqrt(tl.sum(yh * yh, 1) + EPS)[:, None]
@@ -217,7 +219,7 @@ def _titans_bwd_kernel(
         dDm = tl.zeros([BC, BC], dtype=tl.float32)
         dA = tl.zeros([BC, BC], dtype=tl.float32)
         dgC = tl.sum(tl.zeros([BC], dtype=tl.float32), 0)
-        for m in tl.static_range(6):
+        for m in range(0, 6):
             S_m = tl.load(S_ptr + m * D * D + off_s)
             dSn = tl.load(DS_ptr + m * D * D + off_s)
             # recompute this memory's part of the forward
