@@ -8,11 +8,13 @@ and the main memory's output. The boundary states are kept ([slots, H, 6, D, D] 
 chunk start plus the final state) and are all the backward saves: it walks the chunks in reverse
 and recomputes each chunk's intermediates from its boundary state.
 
-Head widths: powers of two >= 16 (64 and 128 on the model's configurations). Chunk sizes: any;
-the kernels pad a chunk to a block of max(16, next power of two) rows. Extra memory: the boundary
-states, (n_chunks + 1) x H x 6 x D x D fp32 per sequence (at T = 16K, C = 64, H = 16, D = 128:
-1.6 GB per layer and sequence), written even without grad, since they are also the forward's
-working memory.
+Head widths: powers of two >= 16. On an H100 only D <= 64 fits the kernels' shared memory as
+they stand (D = 128 compiles but asks for 256 / 480 KiB; see fused_kernels.py), so the model's
+D = 128 configurations need the row-tiled version before this form can be their GPU path.
+Chunk sizes: any; the kernels pad a chunk to a block of max(16, next power of two) rows. Extra
+memory: the boundary states, (n_chunks + 1) x H x 6 x D x D fp32 per sequence (at T = 16K,
+C = 64, H = 16, D = 128: 1.6 GB per layer and sequence), written even without grad, since they
+are also the forward's working memory.
 
 All six memories are carried in full. The spec's shortcut of carrying r = S^T w for S_eta and
 S_alpha is not exact here: the self-generated value v̂_eta = N(v + S_eta v) needs all of S_eta v.

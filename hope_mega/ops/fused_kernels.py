@@ -8,7 +8,13 @@ One program per (sequence, head) runs the whole serial chunk loop. Layout choice
   memories), reads slot c and writes slot c + 1; reads of a state just written come from L2. The
   backward keeps the running state gradient in a [N, H, 6, D, D] scratch the same way.
 - The value dimension is not tiled: k, q, v and v̂ are unit-normalised over the whole head width,
-  so a tile must see full rows; D ≤ 128 keeps a [D, D] tile at 64 KiB, 8 warps.
+  so a tile sees full rows. Measured by compiling for sm_90 without a GPU
+  (`bench/titans_fused.py --compile-for 90`, tf32x3, C = 64): at D = 64 the forward needs 96 KiB
+  of shared memory and the backward 176 KiB (both fit an H100's 227 KiB; both spill registers, 5
+  and 16 KB); at D = 128 they need 256 and 480 KiB, which do not fit: every dot with a [D, D]
+  fp32 operand stages 64 KiB or more. D = 128 needs the state tiled along its rows (the value
+  dimension) in blocks of 32-64, with the unit norms of v̂ and of the reads taken in a first pass
+  over the blocks; k, q, v and their gradients stay [C, D].
 - The chunk is padded to BC = max(16, next power of two ≥ C) rows (tl.dot needs ≥ 16); rows past
   the chunk or the sequence end load zeros and get β = 0, g = 0, so they leave the states alone,
   exactly as the torch path pads.
