@@ -1,0 +1,199 @@
+"""Does Hope learn better? hope-tiny against Transformer++ and two Hope ablations, on CPU.
+
+Four models of equal parameter count (±5%), each trained from the same seed with the same
+optimizer (CMS-aware AdamW, warmup + cosine) and the same tokens:
+
+- hope            configs/hope-tiny.yaml
+- transformer     configs/transformer-tiny.yaml (Transformer++)
+- hope-no-selfmod hope with one chunk per sequence: the adaptive memories stay at their
+                  learned initial states within a sequence (spec §2: it is then Gated DeltaNet
+                  with a learned initial state)
+- hope-no-cms     hope with one CMS level of period 1 and the summed hidden width
+
+Tasks (each a fresh model, trained on that task only):
+- lm:      language modelling on the built-in corpus (`hope-mega demo`'s data); held-out
+           perplexity and bits per byte on the val split
+- mqar:    multi-query associative recall, trained on 4 and 8 pairs, scored at each
+- parity / modarith: trained at length L, scored at L, 2L and 4L (length generalisation)
+
+    python bench/quality.py --seed 0 --out runs/quality/seed0.json
+    python bench/quality.py --seed 0 --lm-steps 20000 --task-steps 5000 --device cuda   # bigger
+
+The defaults take about 30 minutes on one CPU core (run two seeds side by side on two cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hope_mega.config import load_config
+from hope_mega.eval.scoring import score
+from hope_mega.eval.synthetic import make_modarith, make_mqar, make_parity
+from hope_mega.model.lm import HopeLM
+from hope_mega.optim.cms_adamw import CMSAdamW, cosine_lr, param_groups
+from hope_mega.params import parameter_counts
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = {
+    "hope": ("hope-tiny.yaml", []),
+    "transformer": ("transformer-tiny.yaml", []),
+    "hope-no-selfmod": ("hope-tiny.yaml", ["model.chunk_size=1048576"]),
+    "hope-no-cms": ("hope-tiny.yaml", ["model.cms_levels=[{hidden: 512, period: 1}]"]),
+}
+TASK_VOCAB = 64  # synthetic tasks: ids 4..63 (0-3 are the tokenizer's specials)
+
+
+def build(name: str, vocab: int, device: str, seed: int):
+    file, overrides = MODELS[name]
+    cfg = load_config(ROOT / "configs" / file, [*overrides, f"model.vocab_size={vocab}"])
+    torch.manual_seed(seed)
+    return cfg, HopeLM(cfg.model, eos_id=2).to(device)
+
+
+def train(model, cfg, batches, steps: int, lr: float, device: str) -> list[float]:
+    """batches(step) -> (input_ids, labels, loss_mask). Returns the loss of every step."""
+    opt = CMSAdamW(param_groups(model, 0.1), lr=lr, betas=(0.9, 0.95))
+    losses = []
+    model.train()
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = cosine_lr(step, lr, max(1, steps // 20), steps, 0.1)
+        ids, labels, mask = (t.to(device) for t in batches(step))
+        per_token = model(ids, labels.clamp_min(0))
+        loss = (per_token * mask).sum() / mask.sum()
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+def lm_data(workdir: Path, seq_len: int):
+    """The demo's tokenizer and shards (built on first use), as train and val token rows."""
+    from hope_mega.cli import main
+    from hope_mega.data.default_corpus import write_default_corpus
+    from hope_mega.data.loader import read_rows
+    from hope_mega.data.tokenizer import load_tokenizer
+
+    corpus, tok, data = workdir / "corpus", workdir / "tokenizer", workdir / "data"
+    if not corpus.is_dir():
+        write_default_corpus(corpus)
+    if not (tok / "tokenizer.model").is_file():
+        main(["tokenizer", "train", "--input", str(corpus), "--output", str(tok), "--vocab-size", "4096"])
+    if not (data / "dataset_card.json").is_file():
+        main(["prep", "--tokenizer", str(tok), "--input", str(corpus), "--output", str(data),
+              "--seq-len", str(seq_len), "--workers", "2", "--split-val", "0.01", "--quiet"])
+    return (torch.from_numpy(read_rows(str(data), "train").astype(np.int64)),
+            torch.from_numpy(read_rows(str(data), "val").astype(np.int64)), load_tokenizer(tok))
+
+
+@torch.no_grad()
+def lm_eval(model, val: torch.Tensor, tok, device: str, pad_id: int) -> dict:
+    model.eval()
+    nll, tokens, n_bytes = 0.0, 0, 0
+    for start in range(0, len(val), 16):
+        rows = val[start : start + 16].to(device)
+        inputs, labels = rows[:, :-1], rows[:, 1:]
+        mask = labels != pad_id
+        nll += (model(inputs, labels) * mask).sum().item()
+        tokens += mask.sum().item()
+        for row, m in zip(labels.cpu(), mask.cpu()):
+            n_bytes += len(tok.decode(row[m].tolist()).encode("utf-8"))
+    return {"ppl": math.exp(nll / tokens), "bpb": nll / math.log(2) / n_bytes, "tokens": tokens}
+
+
+def synthetic_batches(make, batch: int, seed: int):
+    def batches(step: int):
+        b = make(batch, seed * 1_000_003 + step)
+        return b.input_ids, b.labels, b.loss_mask.float()
+
+    return batches
+
+
+def run(args) -> dict:
+    device, seed = args.device, args.seed
+    results: dict = {"seed": seed, "args": vars(args), "models": {}}
+    train_rows, val_rows, tok = lm_data(Path(args.workdir), args.seq_len)
+    L = args.formal_len
+    tasks = {
+        "mqar": (lambda n, s: make_mqar(n, 64, TASK_VOCAB, num_pairs=4 + 4 * (s % 2), seed=s),
+                 {"mqar-4pairs": lambda s: make_mqar(256, 64, TASK_VOCAB, num_pairs=4, seed=s),
+                  "mqar-8pairs": lambda s: make_mqar(256, 64, TASK_VOCAB, num_pairs=8, seed=s)}),
+        "parity": (lambda n, s: make_parity(n, L, TASK_VOCAB, seed=s),
+                   {f"parity@{k}L": (lambda s, k=k: make_parity(256, k * L, TASK_VOCAB, seed=s)) for k in (1, 2, 4)}),
+        "modarith": (lambda n, s: make_modarith(n, L + 1, TASK_VOCAB, seed=s),
+                     {f"modarith@{k}L": (lambda s, k=k: make_modarith(256, k * L + 1, TASK_VOCAB, seed=s)) for k in (1, 2, 4)}),
+    }
+    for name in args.models.split(","):
+        start = time.perf_counter()
+        cfg, model = build(name, 4096, device, seed)
+        entry = {"params_lm": parameter_counts(cfg.model)["total_params"]}
+        gen = torch.Generator().manual_seed(seed)
+        order = torch.randperm(len(train_rows), generator=gen)
+
+        def lm_batches(step):
+            idx = order[(step * args.batch + torch.arange(args.batch)) % len(order)]
+            rows = train_rows[idx]
+            labels = rows[:, 1:]
+            return rows[:, :-1], labels, (labels != tok.pad_id).float()
+
+        losses = train(model, cfg, lm_batches, args.lm_steps, args.lr, device)
+        entry["lm"] = {"train_loss_last50": float(np.mean(losses[-50:])), **lm_eval(model, val_rows, tok, device, tok.pad_id)}
+        for task, (make_train, evals) in tasks.items():
+            cfg_t, model_t = build(name, TASK_VOCAB, device, seed)
+            losses = train(model_t, cfg_t, synthetic_batches(make_train, args.batch, seed + 17), args.task_steps, args.lr, device)
+            entry[task] = {"train_loss_last50": float(np.mean(losses[-50:]))}
+            model_t.eval()
+            for label, make_eval in evals.items():
+                entry[task][label] = score(lambda ids: model_t(ids.to(device)).float().cpu(), make_eval(10_000 + seed))["accuracy"]
+        entry["seconds"] = round(time.perf_counter() - start, 1)
+        results["models"][name] = entry
+        print(json.dumps({name: entry}), flush=True)
+    return results
+
+
+def table(results: dict) -> str:
+    cols = ["lm ppl", "lm bpb", "mqar-4pairs", "mqar-8pairs", "parity@1L", "parity@2L", "parity@4L",
+            "modarith@1L", "modarith@2L", "modarith@4L"]
+    lines = ["| model | params | " + " | ".join(cols) + " |", "|---" * (len(cols) + 2) + "|"]
+    for name, e in results["models"].items():
+        vals = [f"{e['lm']['ppl']:.1f}", f"{e['lm']['bpb']:.3f}"]
+        vals += [f"{e['mqar'][c]:.3f}" for c in cols[2:4]]
+        vals += [f"{e['parity'][c]:.3f}" for c in cols[4:7]] + [f"{e['modarith'][c]:.3f}" for c in cols[7:]]
+        lines.append(f"| {name} | {e['params_lm'] / 1e6:.2f}M | " + " | ".join(vals) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--lm-steps", type=int, default=600)
+    ap.add_argument("--task-steps", type=int, default=400)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--seq-len", type=int, default=128)
+    ap.add_argument("--formal-len", type=int, default=16, help="training length L of parity / modarith")
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--workdir", default="runs/demo", help="where the demo corpus, tokenizer and data are (or go)")
+    ap.add_argument("--out", default=None, help="write the results as JSON here")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    results = run(args)
+    print(table(results))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
