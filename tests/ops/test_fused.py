@@ -137,8 +137,8 @@ def test_torch_manual_backward_equals_autograd(dtype, tol_o, tol_g, B, T, H, D, 
         assert rel <= tol_g, f"gradient of {name}: relative error {rel:.2e}"
 
 
-@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1", reason="interpreter on: the kernel would run")
-def test_fused_refuses_cpu_without_interpreter():
+def test_fused_refuses_cpu_without_interpreter(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     inp = TitansInputs(B=1, T=8, H=1, D=16)
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
         titans_fused(*inp.us, *inp.params, chunk_size=8)
