@@ -1,0 +1,160 @@
+"""slurm/train_760m.sbatch on a real two-node SLURM cluster (see cluster.py), CPUs only.
+
+Two jobs of the same name are submitted at once with the tiny config over 2 nodes x 1 process
+(gloo): A runs uninterrupted; B waits for A (--dependency=singleton), then is sent USR1 the way
+Slurm does before a time limit (--signal=B:USR1@...), must checkpoint, requeue itself, resume from
+that step as the same job and finish. A and B have the same process layout, so B's losses after
+the resume must equal A's bit for bit.
+"""
+
+import json
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = REPO / "tests" / "train" / "tiny.yaml"
+STEPS = 8
+JOB_TIMEOUT = 300  # one tiny job takes ~60 s here; generous for a loaded machine
+
+
+def submit(cluster, spec, save_dir, log, *overrides, extra_env=None):
+    env = {
+        **cluster.env, "CONFIG": str(TINY), "DATA": str(spec["data"]), "TOKENIZER": str(spec["tok"]),
+        "SAVE_DIR": str(save_dir), "GPUS_PER_NODE": "1", "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1",
+        **(extra_env or {}),
+    }
+    proc = subprocess.run(
+        ["sbatch", "--parsable", f"--job-name={spec['job']}", "--nodes=2", "--gpus-per-node=0",
+         "--time=30:00", f"--output={log}", str(REPO / "slurm" / "train_760m.sbatch"), *overrides],
+        env=env, cwd=REPO, capture_output=True, text=True, timeout=30,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip().split(";")[0]
+
+
+def wait(cluster, what, predicate, timeout, log):
+    try:
+        return cluster.wait_for(what, predicate, timeout, interval=0.5)
+    except TimeoutError as err:
+        text = log.read_text() if log.exists() else "(no log yet)"
+        raise AssertionError(f"{err}\n--- {log.name} (tail) ---\n{text[-4000:]}") from None
+
+
+def finished(cluster, job_id):
+    state = cluster.job(job_id).get("JobState")
+    return state if state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL") else None
+
+
+def metrics(save_dir):
+    out = {}
+    for line in (save_dir / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if "loss" in rec:
+            out[rec["step"]] = rec
+    return out
+
+
+@pytest.fixture(scope="module")
+def runs(cluster, tiny_data, tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    name = {"job": "hope-slurm-test", "data": tiny_data / "data", "tok": tiny_data / "tok"}
+    a_dir, b_dir = root / "a", root / "b"
+    a_log, b_log = root / "a.log", root / "b.log"
+    t0 = time.monotonic()
+    a = submit(cluster, name, a_dir, a_log, f"train.steps={STEPS}", "train.save_every=1")
+    b = submit(cluster, name, b_dir, b_log, f"train.steps={STEPS}", "train.save_every=1")
+    wait(cluster, f"job {a} to run", lambda: cluster.job(a).get("JobState") == "RUNNING", 60, a_log)
+    b_while_a_runs = cluster.job(b)
+    a_state = wait(cluster, f"job {a} to finish", lambda: finished(cluster, a), JOB_TIMEOUT, a_log)
+
+    # B starts once A is gone; stop it once a few checkpoints exist and some steps remain.
+    wait(cluster, "job B's step-3 checkpoint", lambda: (b_dir / "step_00000003" / "manifest.json").exists(),
+         JOB_TIMEOUT, b_log)
+    b_before_signal = cluster.job(b)
+    cluster.run("scancel", "--signal=USR1", "--batch", b)
+    requeued = wait(cluster, f"job {b} to requeue",
+                    lambda: (j := cluster.job(b)).get("JobState") == "PENDING" and j.get("Restarts") == "1" and j,
+                    120, b_log)
+    # Slurm holds a requeued job back for two minutes (Reason=BeginTime); a real user waits, the
+    # test starts it early. Not before the nodes are idle and the clock has moved on: slurmd
+    # revokes the first run's credential with a one-second resolution and refuses (and Slurm then
+    # fails) a new launch stamped within the same second.
+    wait(cluster, "the nodes to be idle again", lambda: cluster.run("sinfo", "-h", "-N", "-o", "%t", check=False)
+         .stdout.split() == ["idle", "idle"], 60, b_log)
+    time.sleep(2)
+    cluster.run("scontrol", "update", f"JobId={b}", "StartTime=now")
+    b_state = wait(cluster, f"job {b} to finish after the requeue", lambda: finished(cluster, b), JOB_TIMEOUT, b_log)
+    print(f"SLURM jobs A={a}, B={b}: {time.monotonic() - t0:.0f} s")
+    return {
+        "a": a, "b": b, "a_dir": a_dir, "b_dir": b_dir, "a_log": a_log.read_text(), "b_log": b_log.read_text(),
+        "a_state": a_state, "b_state": b_state, "a_job": cluster.job(a), "b_job": cluster.job(b),
+        "b_while_a_runs": b_while_a_runs, "b_before_signal": b_before_signal, "requeued": requeued,
+    }
+
+
+def test_preflight_error_fails_the_job_at_once_and_is_not_requeued(cluster, tiny_data, tmp_path):
+    name = {"job": "hope-slurm-preflight", "data": tiny_data / "data", "tok": tiny_data / "tok"}
+    log = tmp_path / "job.log"
+    start = time.monotonic()
+    job = submit(cluster, name, tmp_path / "save", log, "train.global_batch=3")
+    state = wait(cluster, f"job {job} to end", lambda: finished(cluster, job), 120, log)
+    took = time.monotonic() - start
+    info, text = cluster.job(job), log.read_text()
+    assert state == "FAILED" and info["ExitCode"] == "2:0" and info["Restarts"] == "0", (info, text)
+    assert re.search(r"\npreflight: error: train\.global_batch: 3 is not divisible by "
+                     r"train\.micro_batch x data-parallel size = 1 x 2\n", text), text
+    assert "not starting the job and not requeueing it" in text
+    assert "torchrun" not in text and "node n1" not in text  # no training step was launched
+    assert took < 90, f"a misconfigured job took {took:.0f} s to fail"
+
+
+def test_job_runs_on_both_nodes_and_writes_checkpoints_and_metrics(runs):
+    log, info, save = runs["a_log"], runs["a_job"], runs["a_dir"]
+    assert runs["a_state"] == "COMPLETED" and info["ExitCode"] == "0:0" and info["Restarts"] == "0", (info, log)
+    assert info["NodeList"] == "n[1-2]"
+    assert "node n1 (node id 0): torchrun with 1 processes" in log
+    assert "node n2 (node id 1): torchrun with 1 processes" in log
+    assert f"finished {STEPS} steps" in log and "training complete" in log
+    assert sorted(metrics(save)) == list(range(1, STEPS + 1))
+    final = save / f"step_{STEPS:08d}"
+    manifest = json.loads((final / "manifest.json").read_text())
+    files = json.dumps(manifest)
+    assert "rank_00000.pt" in files and "rank_00001.pt" in files, manifest  # both ranks wrote state
+    assert json.loads((final / "trainer_state.json").read_text())["world_size"] == 2
+
+
+def test_jobs_of_one_name_never_overlap(runs):
+    during = runs["b_while_a_runs"]
+    assert during["JobState"] == "PENDING" and during["Reason"] == "Dependency", during
+    assert "singleton" in during.get("Dependency", ""), during
+
+
+def test_usr1_checkpoints_requeues_and_resumes_as_the_same_job(runs):
+    log, info = runs["b_log"], runs["b_job"]
+    assert runs["b_state"] == "COMPLETED" and info["ExitCode"] == "0:0", (info, log)
+    assert info["Restarts"] == "1" and runs["requeued"]["Reason"] == "BeginTime", (info, runs["requeued"])
+    stopped = re.search(r"stopped by signal 10 at step (\d+); checkpoint saved", log)
+    assert stopped, log
+    k = int(stopped.group(1))
+    assert 3 <= k < STEPS
+    assert f"stopped on USR1 (preemption or time limit); requeueing job {runs['b']} (restart 1)" in log
+    assert f"job {runs['b']} restart 1 on n[1-2]" in log
+    assert f"newest checkpoint: step {k} of {STEPS}" in log
+    assert f"resumed from {runs['b_dir'] / f'step_{k:08d}'} at step {k} " in log
+    assert log.count("node n2 (node id 1)") == 2  # both runs used both nodes
+    # The resumed run did not train steps 1..k again.
+    assert len(re.findall(r"\| loss ", log)) == STEPS, log
+    assert sorted(metrics(runs["b_dir"])) == list(range(1, STEPS + 1))
+
+
+def test_resumed_run_matches_the_uninterrupted_run_exactly(runs):
+    a, b = metrics(runs["a_dir"]), metrics(runs["b_dir"])
+    for step in range(1, STEPS + 1):
+        assert b[step]["data_digest"] == a[step]["data_digest"], f"step {step}: different samples"
+        # Same layout (2 nodes x 1 process, gloo), same data order: bitwise equal, not just close.
+        assert b[step]["loss"] == a[step]["loss"], (step, a[step]["loss"], b[step]["loss"])
+    assert b[STEPS]["loss"] < b[1]["loss"]
