@@ -73,6 +73,9 @@ class TrainConfig:
     save_every: int = 0
     keep_last: int = 3
     save_dir: str = ""
+    # Start (not resume) from these weights: a `hope-mega convert --from-hf` folder, a Hugging
+    # Face export, or a checkpoint of any TP size. Ignored once save_dir holds a checkpoint.
+    init_from: str = ""
     max_bad_steps: int = 5  # stop after this many non-finite steps in a row
     peak_tflops: float = 0.0  # per device, for MFU; 0 = known GPUs only (CPU: not reported)
     wandb_project: str = ""

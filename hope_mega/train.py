@@ -146,6 +146,9 @@ class Trainer:
         model = HopeLM(cfg.model, layers, eos_id=eos_id,
                        activation_checkpointing=cfg.parallel.activation_checkpointing)
         mark_tensor_parallel(model)
+        ckpt = checkpoint.latest_valid(t.save_dir, log=self.log0)
+        if ckpt is None and t.init_from:
+            self._init_weights(model, layers)
         self.optimizer = CMSAdamW(param_groups(model, t.weight_decay), lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps)
         self.engine = build_engine(model, self.optimizer, cfg, self.dp_size, self.bf16)
         self.model = model
@@ -166,7 +169,6 @@ class Trainer:
 
         self.step, self.tokens = 0, 0
         self.wandb_id = uuid.uuid4().hex[:12]
-        ckpt = checkpoint.latest_valid(t.save_dir, log=self.log0)
         if ckpt is not None:
             self._resume(ckpt)
         from .params import flops_per_token
@@ -178,6 +180,20 @@ class Trainer:
                                      cfg.model.name, cfg.to_dict())
         for sig in (signal.SIGTERM, signal.SIGUSR1):
             signal.signal(sig, self._on_signal)
+
+    def _init_weights(self, model, layers) -> None:
+        """Load canonical (TP = 1) weights and keep this rank's shards, before ZeRO copies the
+        module into its fp32 master partitions."""
+        from .convert.cli import load_canonical_weights
+        from .parallel.sharding import shard_state_dict
+
+        source = self.cfg.train.init_from
+        try:
+            full = load_canonical_weights(source)
+            model.load_state_dict(shard_state_dict(full, model, layers.tp_rank, layers.tp_size))
+        except (KeyError, ValueError, RuntimeError, OSError) as err:
+            raise PreflightError(f"train.init_from: cannot start from {source}: {err}") from None
+        self.log0(f"initialised from {source}")
 
     def _resume(self, ckpt: Path) -> None:
         import json

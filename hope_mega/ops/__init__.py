@@ -5,7 +5,9 @@
 - `titans_fla` (fla_chunked.py): fla's chunk_gated_delta_rule once per self-modification chunk;
 - `titans_fused` (fused.py): one Triton kernel that owns the whole chunk loop; the GPU path.
 
-`titans()` picks the fast form for the device.
+`titans()` picks the fast form for the device: on GPU the fused kernel where its whole-state
+tiles fit in shared memory (head width <= 64; wider heads need the row-tiled kernel that is not
+written yet), fla per chunk otherwise; on CPU the torch chunk form.
 """
 
 from __future__ import annotations
@@ -16,11 +18,16 @@ from .chunk import titans_chunk
 from .reference import titans_reference
 
 IMPLEMENTATIONS = ("auto", "reference", "chunk", "fla", "fused")
+# sm_90 shared memory: the fused kernels at d_h = 128 ask for 256 KiB (fwd) / 480 KiB (bwd) > 227.
+FUSED_MAX_HEAD_DIM = 64
 
 
 def titans(*args, impl: str = "auto", **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
     if impl == "auto":
-        impl = "fused" if args[0].is_cuda else "chunk"
+        if not args[0].is_cuda:
+            impl = "chunk"
+        else:
+            impl = "fused" if args[0].shape[-1] <= FUSED_MAX_HEAD_DIM else "fla"
     if impl == "chunk":
         return titans_chunk(*args, **kwargs)
     if impl == "reference":

@@ -133,3 +133,18 @@ def test_resume_with_another_data_parallel_size(dp2, tiny_data, tmp_path):
     for step in range(5, 10):
         assert a[step]["data_digest"] == b[step]["data_digest"], f"step {step}: different samples"
         assert rel(a[step]["loss"], b[step]["loss"]) <= 1e-5, (step, a[step]["loss"], b[step]["loss"])
+
+
+def test_start_from_converted_weights_at_another_tp_size(single, tiny_data, tmp_path):
+    """train.init_from: the step-9 weights of the TP=1 run, loaded by a fresh TP=2 run and a fresh
+    TP=1 run: both start from the same model (same first loss), far below a fresh start."""
+    source = single / checkpoint.tag_for(9)
+    runs = {}
+    for tp in (1, 2):
+        save = tmp_path / f"tp{tp}"
+        out = run_train(tp, tiny_data, save, f"parallel.tp={tp}", f"train.init_from={source}", "train.steps=1",
+                        "parallel.zero_stage=1")
+        assert f"initialised from {source}" in out.stdout
+        runs[tp] = metrics(save)[1]["loss"]
+    assert rel(runs[1], runs[2]) <= 1e-5
+    assert runs[1] < metrics(single)[1]["loss"] - 0.3
