@@ -158,3 +158,32 @@ def test_resumed_run_matches_the_uninterrupted_run_exactly(runs):
         # Same layout (2 nodes x 1 process, gloo), same data order: bitwise equal, not just close.
         assert b[step]["loss"] == a[step]["loss"], (step, a[step]["loss"], b[step]["loss"])
     assert b[STEPS]["loss"] < b[1]["loss"]
+
+
+def test_prep_array_job_writes_one_dataset_per_task(cluster, tiny_data, tmp_path):
+    """slurm/prep.sbatch as a 2-task array over 3 input files of different sizes."""
+    docs = (tiny_data / "corpus.jsonl").read_text().splitlines()
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name, part in {"a.jsonl": docs[:90], "b.jsonl": docs[90:125], "c.jsonl": docs[125:]}.items():
+        (inputs / name).write_text("\n".join(part) + "\n")
+    out = tmp_path / "mds"
+    env = {**cluster.env, "INPUT": str(inputs), "TOKENIZER": str(tiny_data / "tok"), "OUT": str(out),
+           "SEQ_LEN": "32", "SPLIT_VAL": "0.02", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        ["sbatch", "--parsable", "--array=0-1", "--cpus-per-task=1", "--time=30:00",
+         f"--output={tmp_path}/prep-%a.log", str(REPO / "slurm" / "prep.sbatch"), "--quiet"],
+        env=env, cwd=REPO, capture_output=True, text=True, timeout=30,
+    )
+    assert proc.returncode == 0, proc.stderr
+    job = proc.stdout.strip().split(";")[0]
+    log = tmp_path / "prep-0.log"
+    wait(cluster, f"array job {job}", lambda: not cluster.run("squeue", "-h", "-j", job, check=False).stdout.strip(),
+         JOB_TIMEOUT, log)
+    cards = [json.loads((out / f"part-{i:05d}" / "dataset_card.json").read_text()) for i in (0, 1)]
+    # Largest first to the emptier task: a (90 docs) alone on task 0; b and c together on task 1.
+    assert [sorted(Path(f["path"]).name for f in c["inputs"]) for c in cards] == [["a.jsonl"], ["b.jsonl", "c.jsonl"]]
+    assert [c["documents_written"] for c in cards] == [90, 60]
+    assert {c["tokenizer_hash"] for c in cards} == {json.loads((tiny_data / "data" / "dataset_card.json")
+                                                               .read_text())["tokenizer_hash"]}
+    assert "task 1 of 2: 2 files" in (tmp_path / "prep-1.log").read_text()
