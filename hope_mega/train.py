@@ -161,7 +161,10 @@ class Trainer:
         )
         self.accumulation = self.loader.accumulation_steps
         self.val_loader = None
-        if t.eval_every > 0 and all(c.get("splits", {}).get("val", 0) for c in [card]):
+        has_val = card.get("splits", {}).get("val", {}).get("rows", 0) > 0
+        if t.eval_every > 0 and not has_val:
+            self.log0(f"train.eval_every: {cfg.data.paths[0]} has no val split; validation is off")
+        if t.eval_every > 0 and has_val:
             self.val_loader = build_train_loader(
                 cfg.data.paths, cfg.data.weights or None, t.seq_len, t.micro_batch,
                 t.micro_batch * self.dp_size, self.dp_rank, self.dp_size, t.seed, split="val",
@@ -284,8 +287,8 @@ class Trainer:
     def evaluate(self) -> float:
         self.engine.eval()
         total = torch.zeros(2, dtype=torch.float64)
+        self.val_loader.epoch, self.val_loader.sample_in_epoch = 0, 0  # the same rows every time
         batches = iter(self.val_loader)
-        self.val_loader.epoch, self.val_loader.sample_in_epoch = 0, 0
         for _ in range(self.cfg.train.eval_batches):
             try:
                 batch = next(batches)

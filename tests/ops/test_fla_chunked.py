@@ -35,7 +35,7 @@ def _compare() -> dict:
     import time
 
     import torch
-    from conftest import TitansInputs
+    from titans_testing import TitansInputs
 
     from hope_mega.ops.chunk import titans_chunk
     from hope_mega.ops.fla_chunked import titans_fla

@@ -17,9 +17,9 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-sys.path.insert(0, str(HERE))  # conftest's TitansInputs, also when run as a script
+sys.path.insert(0, str(HERE))  # titans_testing, also when run as a script
 
-from conftest import TitansInputs  # noqa: E402
+from titans_testing import TitansInputs, run_with_grads  # noqa: E402
 
 from hope_mega.ops.chunk import titans_chunk  # noqa: E402
 from hope_mega.ops.fused import titans_fused, titans_fused_torch  # noqa: E402
@@ -37,15 +37,6 @@ INTERPRETED_CASES = [
     ("head_dim_64", 1, 70, 1, 64, 64, None, "float32"),
     ("head_dim_128", 1, 40, 1, 128, 32, None, "float32"),
 ]
-
-
-def run_with_grads(op, leaves, chunk_size, cu_seqlens=None, seed=1):
-    o, final = op(*leaves, chunk_size=chunk_size, cu_seqlens=cu_seqlens, output_final_state=True)
-    g = torch.Generator().manual_seed(seed)
-    w_o = torch.randn(o.shape, generator=g, dtype=o.dtype)
-    w_s = torch.randn(final.shape, generator=g, dtype=final.dtype)
-    ((o * w_o).sum() + (final * w_s).sum()).backward()
-    return o.detach(), final.detach(), [x.grad for x in leaves]
 
 
 def errors(inp, op, chunk_size, cu_seqlens, other_chunk_size=None):

@@ -7,16 +7,9 @@ from hope_mega.ops.chunk import titans_chunk
 from hope_mega.ops.common import MEM_K, MEM_MAIN, MEM_Q, MEM_V, log_decay, unit_norm
 from hope_mega.ops.reference import titans_reference
 
+from titans_testing import run_with_grads
+
 NAMES = ["u_q", "u_k", "u_v", "u_eta", "u_alpha", "s0", "w_eta", "b_eta", "w_alpha", "b_alpha", "a_log"]
-
-
-def run_with_grads(op, leaves, chunk_size, cu_seqlens=None, seed=1):
-    o, final = op(*leaves, chunk_size=chunk_size, cu_seqlens=cu_seqlens, output_final_state=True)
-    g = torch.Generator().manual_seed(seed)
-    w_o = torch.randn(o.shape, generator=g, dtype=o.dtype)
-    w_s = torch.randn(final.shape, generator=g, dtype=final.dtype)
-    ((o * w_o).sum() + (final * w_s).sum()).backward()
-    return o.detach(), final.detach(), [x.grad for x in leaves]
 
 
 def assert_forms_agree(inp, chunk_size, cu_seqlens=None):
