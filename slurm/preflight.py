@@ -4,8 +4,9 @@
 
 Runs the trainer's own checks (`hope_mega.train.preflight`: world size vs parallel.tp, global
 batch vs micro batch x data-parallel size, dataset cards and tokenizer, save dir writable) with
-the world size the job is about to launch, plus the checks only the launcher can make (GPUs
-visible on the node). On success prints shell assignments for the launcher (PREFLIGHT_SAVE_DIR,
+the world size the job is about to launch, plus what would otherwise fail only after every rank
+has started: too few GPUs visible on the node, a checkpoint to resume from written with another
+parallel.tp. On success prints shell assignments for the launcher (PREFLIGHT_SAVE_DIR,
 PREFLIGHT_STEPS) and exits 0; otherwise prints one line `preflight: error: ...` on stderr and
 exits 2.
 """
@@ -32,6 +33,18 @@ def check(config: str, overrides: list[str], world_size: int, gpus_per_node: int
             f"GPUS_PER_NODE={gpus_per_node} but this node sees {torch.cuda.device_count()} GPUs "
             f"(request them with --gpus-per-node, or lower GPUS_PER_NODE)"
         )
+    import json
+
+    from hope_mega import checkpoint
+
+    ckpt = checkpoint.latest_valid(cfg.train.save_dir, log=lambda msg: print(msg, file=sys.stderr))
+    if ckpt is not None:
+        saved_tp = json.loads((ckpt / checkpoint.TRAINER_STATE).read_text())["config"]["parallel"]["tp"]
+        if saved_tp != cfg.parallel.tp:
+            raise PreflightError(
+                f"parallel.tp: {ckpt} was written with tp={saved_tp} and this job has tp={cfg.parallel.tp}; "
+                f"resume with tp={saved_tp} or use a new train.save_dir"
+            )
     return {"PREFLIGHT_SAVE_DIR": cfg.train.save_dir, "PREFLIGHT_STEPS": cfg.train.steps}
 
 

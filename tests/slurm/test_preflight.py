@@ -103,3 +103,20 @@ def test_trainer_refuses_the_same_way_before_any_process_group(tiny_data, tmp_pa
     )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines()[-1] == "hope-mega train: error: parallel.tp: world size 1 is not divisible by tp=2"
+
+
+def test_checkpoint_written_with_another_tp(capsys, tiny_data, tmp_path):
+    """Resuming would fail only after every rank started; the launcher says so first."""
+    ckpt = tmp_path / "save" / "step_00000005"
+    ckpt.mkdir(parents=True)
+    state = json.dumps({"step": 5, "config": {"parallel": {"tp": 2}}})
+    (ckpt / "trainer_state.json").write_text(state)
+    (ckpt / "manifest.json").write_text(json.dumps({"files": {"trainer_state.json": len(state)}}))
+    code, out, err = run(capsys, 2, *base(tiny_data, tmp_path / "save"))
+    assert (code, out, err) == (2, "", f"preflight: error: parallel.tp: {ckpt} was written with tp=2 and this job "
+                                       f"has tp=1; resume with tp=2 or use a new train.save_dir\n")
+    # The same checkpoint cut short is not a resume point, so it does not stop the launch.
+    (ckpt / "trainer_state.json").write_text(state[:-1])
+    code, out, err = run(capsys, 2, *base(tiny_data, tmp_path / "save"))
+    assert code == 0 and err == f"ignoring checkpoint {ckpt}: file trainer_state.json has {len(state) - 1} bytes, " \
+                                f"the manifest says {len(state)}\n", err
