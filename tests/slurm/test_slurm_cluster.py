@@ -3,12 +3,16 @@
 Two jobs of the same name are submitted at once with the tiny config over 2 nodes x 1 process
 (gloo): A runs uninterrupted; B waits for A (--dependency=singleton), then is sent USR1 the way
 Slurm does before a time limit (--signal=B:USR1@...), must checkpoint, requeue itself, resume from
-that step as the same job and finish. A and B have the same process layout, so B's losses after
-the resume must equal A's bit for bit.
+that step as the same job and finish. After that resume, one of B's workers is killed with
+SIGKILL on the second node (a GPU or node dying under it): the launcher must requeue the job again,
+since that run had advanced the checkpoint. A and B have the same process layout, so B's losses
+after both resumes must equal A's bit for bit.
 """
 
 import json
+import os
 import re
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -17,7 +21,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "tests" / "train" / "tiny.yaml"
-STEPS = 8
+STEPS = 10
 JOB_TIMEOUT = 300  # one tiny job takes ~60 s here; generous for a loaded machine
 
 
@@ -42,6 +46,32 @@ def wait(cluster, what, predicate, timeout, log):
     except TimeoutError as err:
         text = log.read_text() if log.exists() else "(no log yet)"
         raise AssertionError(f"{err}\n--- {log.name} (tail) ---\n{text[-4000:]}") from None
+
+
+def release(cluster, job_id, log):
+    """Start a requeued job now. Slurm holds it back for two minutes (Reason=BeginTime); a real
+    user waits. Not before the nodes are idle and the clock has moved on: slurmd revokes the
+    previous run's credential with a one-second resolution and refuses (and Slurm then fails) a
+    new launch stamped within the same second."""
+    wait(cluster, "the nodes to be idle again", lambda: cluster.run("sinfo", "-h", "-N", "-o", "%t", check=False)
+         .stdout.split() == ["idle", "idle"], 60, log)
+    time.sleep(2)
+    cluster.run("scontrol", "update", f"JobId={job_id}", "StartTime=now")
+
+
+def kill_worker(cluster, job_id, node_id):
+    """SIGKILL the trainer process of `job_id` on node `node_id`; returns its pid."""
+    want = {f"SLURM_JOB_ID={job_id}".encode(), f"SLURM_NODEID={node_id}".encode(), f"SLURM_CONF={cluster.conf}".encode()}
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            cmd = (proc / "cmdline").read_bytes().split(b"\0")
+            env = set((proc / "environ").read_bytes().split(b"\0"))
+        except OSError:
+            continue
+        if b"hope_mega.train" in cmd and b"-m" in cmd and want <= env:
+            os.kill(int(proc.name), signal.SIGKILL)
+            return int(proc.name)
+    raise AssertionError(f"no trainer process of job {job_id} on node {node_id}")
 
 
 def finished(cluster, job_id):
@@ -83,16 +113,23 @@ def runs(cluster, tiny_data, tmp_path_factory):
     # test starts it early. Not before the nodes are idle and the clock has moved on: slurmd
     # revokes the first run's credential with a one-second resolution and refuses (and Slurm then
     # fails) a new launch stamped within the same second.
-    wait(cluster, "the nodes to be idle again", lambda: cluster.run("sinfo", "-h", "-N", "-o", "%t", check=False)
-         .stdout.split() == ["idle", "idle"], 60, b_log)
-    time.sleep(2)
-    cluster.run("scontrol", "update", f"JobId={b}", "StartTime=now")
-    b_state = wait(cluster, f"job {b} to finish after the requeue", lambda: finished(cluster, b), JOB_TIMEOUT, b_log)
+    release(cluster, b, b_log)
+    k = int(wait(cluster, "the resumed run", lambda: re.search(r"resumed from \S+ at step (\d+)", b_log.read_text()),
+                 JOB_TIMEOUT, b_log).group(1))
+    wait(cluster, f"job B's step-{k + 2} checkpoint",
+         lambda: (b_dir / f"step_{k + 2:08d}" / "manifest.json").exists(), JOB_TIMEOUT, b_log)
+    killed = kill_worker(cluster, b, node_id=1)
+    crashed = wait(cluster, f"job {b} to requeue after the crash",
+                   lambda: (j := cluster.job(b)).get("JobState") == "PENDING" and j.get("Restarts") == "2" and j,
+                   120, b_log)
+    release(cluster, b, b_log)
+    b_state = wait(cluster, f"job {b} to finish after the requeues", lambda: finished(cluster, b), JOB_TIMEOUT, b_log)
     print(f"SLURM jobs A={a}, B={b}: {time.monotonic() - t0:.0f} s")
     return {
         "a": a, "b": b, "a_dir": a_dir, "b_dir": b_dir, "a_log": a_log.read_text(), "b_log": b_log.read_text(),
         "a_state": a_state, "b_state": b_state, "a_job": cluster.job(a), "b_job": cluster.job(b),
         "b_while_a_runs": b_while_a_runs, "b_before_signal": b_before_signal, "requeued": requeued,
+        "killed": killed, "crashed": crashed,
     }
 
 
@@ -136,7 +173,7 @@ def test_jobs_of_one_name_never_overlap(runs):
 def test_usr1_checkpoints_requeues_and_resumes_as_the_same_job(runs):
     log, info = runs["b_log"], runs["b_job"]
     assert runs["b_state"] == "COMPLETED" and info["ExitCode"] == "0:0", (info, log)
-    assert info["Restarts"] == "1" and runs["requeued"]["Reason"] == "BeginTime", (info, runs["requeued"])
+    assert runs["requeued"]["Restarts"] == "1" and runs["requeued"]["Reason"] == "BeginTime", runs["requeued"]
     stopped = re.search(r"stopped by signal 10 at step (\d+); checkpoint saved", log)
     assert stopped, log
     k = int(stopped.group(1))
@@ -145,10 +182,26 @@ def test_usr1_checkpoints_requeues_and_resumes_as_the_same_job(runs):
     assert f"job {runs['b']} restart 1 on n[1-2]" in log
     assert f"newest checkpoint: step {k} of {STEPS}" in log
     assert f"resumed from {runs['b_dir'] / f'step_{k:08d}'} at step {k} " in log
-    assert log.count("node n2 (node id 1)") == 2  # both runs used both nodes
-    # The resumed run did not train steps 1..k again.
-    assert len(re.findall(r"\| loss ", log)) == STEPS, log
+    assert log.count("node n2 (node id 1)") == 3  # all three runs used both nodes
+    # Steps logged: 1..m without a repeat across the USR1 stop (m >= the crash run's last
+    # checkpoint k2; steps after k2 are lost to the crash), then k2+1..STEPS.
+    logged = [int(n) for n in re.findall(r"step (\d+) \| loss", log)]
+    k2 = [int(n) for n in re.findall(r"resumed from \S+ at step (\d+)", log)][-1]
+    m = logged.index(k2 + 1, k2) if logged.count(k2 + 1) == 2 else k2
+    assert logged == list(range(1, m + 1)) + list(range(k2 + 1, STEPS + 1)), (logged, k2)
     assert sorted(metrics(runs["b_dir"])) == list(range(1, STEPS + 1))
+
+
+def test_a_crash_after_progress_requeues_and_resumes(runs):
+    log, info = runs["b_log"], runs["b_job"]
+    assert info["Restarts"] == "2" and runs["crashed"]["JobState"] == "PENDING", (info, runs["crashed"])
+    resumes = [int(m) for m in re.findall(r"resumed from \S+ at step (\d+)", log)]
+    assert len(resumes) == 2 and resumes[1] >= resumes[0] + 2, resumes
+    crash = re.search(r"failed with exit code (\d+) after advancing from step (\d+) to (\d+); requeueing job "
+                      + runs["b"] + r" \(restart 2\)", log)
+    assert crash and crash.group(1) != "0", log
+    assert int(crash.group(2)) == resumes[0] and int(crash.group(3)) == resumes[1], (crash.groups(), resumes)
+    assert f"job {runs['b']} restart 2 on n[1-2]" in log and "training complete" in log
 
 
 def test_resumed_run_matches_the_uninterrupted_run_exactly(runs):
