@@ -156,7 +156,7 @@ hope_train() {
         why="failed with exit code $rc after advancing from step $start_step to $end_step"
     fi
     if [ -z "$why" ]; then
-        hm_log "not requeueing (exit code $rc, no progress from step $start_step)"
+        hm_log "not requeueing (exit code $rc; newest checkpoint step $end_step, step $start_step at the start)"
         exit $(( rc == 0 ? 1 : rc ))
     fi
     hm_requeue "$why"

@@ -10,6 +10,7 @@ in shared memory under names that would collide between two "nodes" on one host.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -49,7 +50,7 @@ class Cluster:
     # --- commands ----------------------------------------------------------------------------
     def run(self, *args: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:
         proc = subprocess.run([_which(args[0]), *args[1:]], env=self.env, capture_output=True, text=True,
-                              timeout=timeout)
+                              timeout=timeout, check=False)
         if check and proc.returncode != 0:
             raise RuntimeError(f"{' '.join(args)}: exit {proc.returncode}: {proc.stderr.strip()}")
         return proc
@@ -88,6 +89,9 @@ class Cluster:
                  f"--pid-file={munge / 'munged.pid'}", f"--log-file={munge / 'log'}",
                  f"--seed-file={munge / 'seed'}", "--force")
         host = socket.gethostname().split(".")[0]
+        # Job ids feed the launcher's rendezvous port (20000 + id mod 20000); a random start keeps
+        # two test clusters on one machine (concurrent test runs) from both running a job 2.
+        first_job_id = random.randrange(1000, 19000)
         ctld_port, d_port = _free_port(), _free_port()
         nodes = "\n".join(
             f"NodeName={n} NodeHostname={host} NodeAddr=127.0.0.1 Port={_free_port()} CPUs=2 RealMemory=2000 "
@@ -120,6 +124,7 @@ MpiDefault=none
 ReturnToService=2
 SlurmdParameters=config_overrides
 MinJobAge=3600
+FirstJobId={first_job_id}
 KillWait=10
 {nodes}
 PartitionName=debug Nodes={','.join(NODES)} Default=YES MaxTime=INFINITE State=UP
@@ -137,9 +142,9 @@ PartitionName=debug Nodes={','.join(NODES)} Default=YES MaxTime=INFINITE State=U
             self.run("scancel", "--partition=debug", check=False, timeout=15)
             self.wait_for("the queue to empty", lambda: not self.run("squeue", "-h", check=False, timeout=15)
                           .stdout.strip(), timeout=30)
-        except Exception:
-            pass
-        for name, pid_file in self.pid_files.items():
+        except (OSError, RuntimeError, TimeoutError, subprocess.SubprocessError) as err:
+            print(f"SLURM test cluster: cancelling jobs failed ({err}); stopping the daemons anyway")
+        for pid_file in self.pid_files.values():
             try:
                 pid = int(pid_file.read_text().split()[0])
             except (OSError, ValueError, IndexError):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from cluster import Cluster, missing_binaries  # noqa: E402
+from cluster import Cluster, missing_binaries
 
 _spec = importlib.util.spec_from_file_location("_train_conftest", Path(__file__).parents[1] / "train" / "conftest.py")
 _train_conftest = importlib.util.module_from_spec(_spec)

@@ -34,7 +34,7 @@ def submit(cluster, spec, save_dir, log, *overrides, extra_env=None):
     proc = subprocess.run(
         ["sbatch", "--parsable", f"--job-name={spec['job']}", "--nodes=2", "--gpus-per-node=0",
          "--time=30:00", f"--output={log}", str(REPO / "slurm" / "train_760m.sbatch"), *overrides],
-        env=env, cwd=REPO, capture_output=True, text=True, timeout=30,
+        env=env, cwd=REPO, capture_output=True, text=True, timeout=30, check=False,
     )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.strip().split(";")[0]
@@ -116,8 +116,8 @@ def runs(cluster, tiny_data, tmp_path_factory):
     release(cluster, b, b_log)
     k = int(wait(cluster, "the resumed run", lambda: re.search(r"resumed from \S+ at step (\d+)", b_log.read_text()),
                  JOB_TIMEOUT, b_log).group(1))
-    wait(cluster, f"job B's step-{k + 2} checkpoint",
-         lambda: (b_dir / f"step_{k + 2:08d}" / "manifest.json").exists(), JOB_TIMEOUT, b_log)
+    wait(cluster, f"job B's step-{k + 1} checkpoint",
+         lambda: (b_dir / f"step_{k + 1:08d}" / "manifest.json").exists(), JOB_TIMEOUT, b_log)
     killed = kill_worker(cluster, b, node_id=1)
     crashed = wait(cluster, f"job {b} to requeue after the crash",
                    lambda: (j := cluster.job(b)).get("JobState") == "PENDING" and j.get("Restarts") == "2" and j,
@@ -196,7 +196,7 @@ def test_a_crash_after_progress_requeues_and_resumes(runs):
     log, info = runs["b_log"], runs["b_job"]
     assert info["Restarts"] == "2" and runs["crashed"]["JobState"] == "PENDING", (info, runs["crashed"])
     resumes = [int(m) for m in re.findall(r"resumed from \S+ at step (\d+)", log)]
-    assert len(resumes) == 2 and resumes[1] >= resumes[0] + 2, resumes
+    assert len(resumes) == 2 and resumes[1] > resumes[0], resumes
     crash = re.search(r"failed with exit code (\d+) after advancing from step (\d+) to (\d+); requeueing job "
                       + runs["b"] + r" \(restart 2\)", log)
     assert crash and crash.group(1) != "0", log
@@ -226,7 +226,7 @@ def test_prep_array_job_writes_one_dataset_per_task(cluster, tiny_data, tmp_path
     proc = subprocess.run(
         ["sbatch", "--parsable", "--array=0-1", "--cpus-per-task=1", "--time=30:00",
          f"--output={tmp_path}/prep-%a.log", str(REPO / "slurm" / "prep.sbatch"), "--quiet"],
-        env=env, cwd=REPO, capture_output=True, text=True, timeout=30,
+        env=env, cwd=REPO, capture_output=True, text=True, timeout=30, check=False,
     )
     assert proc.returncode == 0, proc.stderr
     job = proc.stdout.strip().split(";")[0]
