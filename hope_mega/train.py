@@ -88,6 +88,16 @@ def preflight(cfg: Config, world_size: int) -> dict:
         probe.unlink()
     except OSError as err:
         raise PreflightError(f"train.save_dir: {save_dir} is not writable ({err.strerror})") from None
+    ckpt = checkpoint.latest_valid(save_dir, log=lambda message: None)
+    if ckpt is not None:
+        import json
+
+        saved_tp = json.loads((ckpt / checkpoint.TRAINER_STATE).read_text())["config"]["parallel"]["tp"]
+        if saved_tp != p.tp:
+            raise PreflightError(
+                f"parallel.tp: {ckpt} was written with tp={saved_tp} and this run has tp={p.tp}; resume with "
+                f"tp={saved_tp}, use a new train.save_dir, or start from it with train.init_from={ckpt}"
+            )
     return cards[0]
 
 
@@ -125,6 +135,10 @@ class Trainer:
         from .parallel.zero import build_engine
 
         cfg, t = self.cfg, self.cfg.train
+        # First thing: a preemption warning during a minutes-long setup must not kill the process;
+        # the flag is honoured at the end of the first step.
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self._on_signal)
         _ensure_launch_env()
         world = int(os.environ["WORLD_SIZE"])
         card = preflight(cfg, world)
@@ -181,8 +195,6 @@ class Trainer:
         self.peak_tflops = device_peak_tflops(t.peak_tflops)
         self.metrics = MetricsLogger(t.save_dir, self.rank == 0, self.step, t.wandb_project, self.wandb_id,
                                      cfg.model.name, cfg.to_dict())
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(sig, self._on_signal)
 
     def _init_weights(self, model, layers) -> None:
         """Load canonical (TP = 1) weights and keep this rank's shards, before ZeRO copies the
@@ -199,15 +211,6 @@ class Trainer:
         self.log0(f"initialised from {source}")
 
     def _resume(self, ckpt: Path) -> None:
-        import json
-
-        saved = json.loads((ckpt / checkpoint.TRAINER_STATE).read_text())
-        saved_tp = saved["config"]["parallel"]["tp"]
-        if saved_tp != self.cfg.parallel.tp:
-            raise checkpoint.CheckpointError(
-                f"{ckpt} was written with parallel.tp={saved_tp} and this run has parallel.tp={self.cfg.parallel.tp}; "
-                f"resume with tp={saved_tp}, or re-shard it with `hope-mega convert` (to Hugging Face and back)"
-            )
         state = checkpoint.load(self.engine, ckpt)
         self.step, self.tokens = state["step"], state["tokens"]
         self.wandb_id = state.get("wandb_id", self.wandb_id)

@@ -33,18 +33,11 @@ def check(config: str, overrides: list[str], world_size: int, gpus_per_node: int
             f"GPUS_PER_NODE={gpus_per_node} but this node sees {torch.cuda.device_count()} GPUs "
             f"(request them with --gpus-per-node, or lower GPUS_PER_NODE)"
         )
-    import json
-
     from hope_mega import checkpoint
 
-    ckpt = checkpoint.latest_valid(cfg.train.save_dir, log=lambda msg: print(msg, file=sys.stderr))
-    if ckpt is not None:
-        saved_tp = json.loads((ckpt / checkpoint.TRAINER_STATE).read_text())["config"]["parallel"]["tp"]
-        if saved_tp != cfg.parallel.tp:
-            raise PreflightError(
-                f"parallel.tp: {ckpt} was written with tp={saved_tp} and this job has tp={cfg.parallel.tp}; "
-                f"resume with tp={saved_tp} or use a new train.save_dir"
-            )
+    # The trainer's preflight has refused a checkpoint of another tp already; say here which
+    # checkpoints a resume will skip, once, in the job's log.
+    checkpoint.latest_valid(cfg.train.save_dir, log=lambda msg: print(msg, file=sys.stderr))
     return {"PREFLIGHT_SAVE_DIR": cfg.train.save_dir, "PREFLIGHT_STEPS": cfg.train.steps}
 
 

@@ -113,8 +113,8 @@ def test_checkpoint_written_with_another_tp(capsys, tiny_data, tmp_path):
     (ckpt / "trainer_state.json").write_text(state)
     (ckpt / "manifest.json").write_text(json.dumps({"files": {"trainer_state.json": len(state)}}))
     code, out, err = run(capsys, 2, *base(tiny_data, tmp_path / "save"))
-    message = (f"preflight: error: parallel.tp: {ckpt} was written with tp=2 and this job has tp=1; "
-               f"resume with tp=2 or use a new train.save_dir\n")
+    message = (f"preflight: error: parallel.tp: {ckpt} was written with tp=2 and this run has tp=1; "
+               f"resume with tp=2, use a new train.save_dir, or start from it with train.init_from={ckpt}\n")
     assert (code, out, err) == (2, "", message)
     # The same checkpoint cut short is not a resume point, so it does not stop the launch.
     (ckpt / "trainer_state.json").write_text(state[:-1])
