@@ -143,7 +143,7 @@ class Trainer:
         world = int(os.environ["WORLD_SIZE"])
         card = preflight(cfg, world)
         self.cuda = torch.cuda.is_available()
-        if not self.cuda:
+        if not self.cuda and "OMP_NUM_THREADS" not in os.environ:  # torchrun sets it; a lone process may not
             local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
         ps.init_distributed(cfg.parallel.tp)
