@@ -41,7 +41,9 @@ class ChunkSchedule:
     """
 
     def __init__(self, lengths: list[int], chunk_size: int, device: torch.device):
-        C = chunk_size
+        # Slots are as wide as a chunk, or as the longest sequence when one chunk covers it all
+        # (C >= T: no self-modification), so a huge C costs nothing.
+        C = min(chunk_size, max(lengths, default=1))
         total = sum(lengths)
         starts = torch.tensor([0] + lengths[:-1], dtype=torch.long).cumsum(0)
         n_chunks = torch.tensor([-(-n // C) for n in lengths], dtype=torch.long)

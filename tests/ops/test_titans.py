@@ -99,3 +99,12 @@ def test_one_chunk_reduces_to_fla_gated_delta_rule(titans_inputs):
 
     o, _ = titans_chunk(*inp.us, *inp.params, chunk_size=64)
     assert (o - (q + gdn)).abs().max() <= 2e-5
+
+
+def test_a_chunk_longer_than_every_sequence_is_one_chunk(titans_inputs):
+    # The no-self-modification ablation sets C to ~1M: the layout must not grow with C.
+    inp = titans_inputs(B=1, T=30, H=2, D=8)
+    cu = torch.tensor([0, 12, 30])
+    o_big, s_big = titans_chunk(*inp.us, *inp.params, chunk_size=1 << 20, cu_seqlens=cu, output_final_state=True)
+    o_one, s_one = titans_chunk(*inp.us, *inp.params, chunk_size=18, cu_seqlens=cu, output_final_state=True)
+    assert torch.equal(o_big, o_one) and torch.equal(s_big, s_one)
