@@ -19,7 +19,9 @@ Tasks (each a fresh model, trained on that task only):
     python bench/quality.py --seed 0 --out runs/quality/seed0.json
     python bench/quality.py --seed 0 --lm-steps 20000 --task-steps 5000 --device cuda   # bigger
 
-The defaults take about 30 minutes on one CPU core (run two seeds side by side on two cores).
+The defaults take about 30 minutes on one CPU core (run two seeds side by side on two cores, each
+with its own --workdir: two processes reading the same local MDS folder at the same moment can
+collide on streaming's shared-memory names).
 """
 
 from __future__ import annotations
