@@ -1,24 +1,36 @@
-"""Training throughput of hope-tiny against Transformer++ of the same size, on this machine.
+"""Training throughput of Hope against Transformer++ of the same size, on this machine.
 
-One process, fp32, a full optimizer step (forward, backward, AdamW) per measurement, at
-T = 512 and 2048. Prints tokens/s for each model, Hope/Transformer++ ratios, and MFU from the
-Hope-aware FLOPs of `hope-mega params` against this machine's measured fp32 matmul peak (a large
-GEMM timed in the same process; CPUs publish no peak that matters here).
+One process, a full optimizer step (forward, backward, AdamW) per measurement, on packed rows (an
+EOS every quarter row). Prints tokens/s for each model, the Hope/Transformer++ ratio, and MFU
+from the Hope-aware FLOPs of `hope-mega params`.
 
-    python bench/train_throughput.py [--tokens-per-step 8192] [--steps 3]
+    python bench/train_throughput.py --device cpu [--tokens-per-step 8192] [--steps 3]
+  hope-tiny vs transformer-tiny, fp32, at T = 512 and 2048; MFU against this machine's fp32 matmul
+  peak, measured on a large GEMM in the same process (CPUs publish no peak that matters here).
+
+    python bench/train_throughput.py --device cuda
+  hope-760m vs transformer-760m at T = 4096, one sequence per step, bf16 autocast with fp32
+  weights and AdamW state (the trainer's precision: bf16 compute, fp32 masters); MFU against the
+  device's dense bf16 peak (hope_mega.metrics; --peak-tflops otherwise) and peak memory. Add
+  `--configs hope-1.3b transformer-1.3b` for the 1.3B pair.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-from hope_mega.config import load_config
-from hope_mega.model.lm import HopeLM
-from hope_mega.params import flops_per_token
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from hope_mega.config import load_config  # noqa: E402
+from hope_mega.metrics import device_peak_tflops  # noqa: E402
+from hope_mega.model.lm import HopeLM  # noqa: E402
+from hope_mega.params import flops_per_token  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -34,44 +46,82 @@ def matmul_peak_flops(n: int = 2048, repeats: int = 5) -> float:
     return 2 * n**3 / best
 
 
-def tokens_per_second(config: str, seq_len: int, tokens_per_step: int, steps: int) -> tuple[float, float]:
+def measure(config: str, seq_len: int, tokens_per_step: int, steps: int, device: str) -> dict:
     cfg = load_config(CONFIGS / f"{config}.yaml", [f"train.seq_len={seq_len}"])
+    cuda = device == "cuda"
     torch.manual_seed(0)
-    model = HopeLM(cfg.model, eos_id=2)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model = HopeLM(cfg.model, eos_id=2).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=cuda)
     batch = max(1, tokens_per_step // seq_len)
-    ids = torch.randint(3, cfg.model.vocab_size, (batch, seq_len + 1))
+    ids = torch.randint(3, cfg.model.vocab_size, (batch, seq_len + 1), device=device)
     ids[:, :: max(2, seq_len // 4)] = 2  # packed documents: EOS every quarter row
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
     best = float("inf")
-    for i in range(steps + 1):  # the first step warms up allocators and caches
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    for i in range(steps + 1):  # the first step warms up kernels, allocators and caches
+        if cuda:
+            torch.cuda.synchronize()
         start = time.perf_counter()
-        loss = model(ids[:, :-1], ids[:, 1:]).mean()
-        opt.zero_grad()
+        with autocast:
+            loss = model(ids[:, :-1], ids[:, 1:]).float().mean()
+        opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if cuda:
+            torch.cuda.synchronize()
         if i:
             best = min(best, time.perf_counter() - start)
-    return batch * seq_len / best, flops_per_token(cfg.model, seq_len)["total_flops_per_token"]
+    out = {"tokens_per_s": batch * seq_len / best,
+           "flops_per_token": flops_per_token(cfg.model, seq_len)["total_flops_per_token"]}
+    if cuda:
+        out["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    del model, opt
+    return out
 
 
-def main() -> None:
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--tokens-per-step", type=int, default=8192)
+    ap.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda if available")
+    ap.add_argument("--configs", nargs=2, help="Hope config, then its Transformer++ baseline (configs/*.yaml)")
+    ap.add_argument("--tokens-per-step", type=int, help="default: 8192 on cpu, one sequence on cuda")
     ap.add_argument("--steps", type=int, default=3)
-    ap.add_argument("--lengths", default="512,2048")
-    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    peak = matmul_peak_flops()
-    print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, fp32; measured GEMM peak {peak / 1e9:.1f} GFLOP/s")
-    print(f"{'T':>5} {'model':>17} {'tokens/s':>9} {'MFU':>6}   hope/transformer tokens/s")
-    for T in [int(t) for t in args.lengths.split(",")]:
+    ap.add_argument("--lengths", help="default: 512,2048 on cpu, 4096 on cuda")
+    ap.add_argument("--threads", type=int, default=None, help="cpu: torch threads")
+    ap.add_argument("--peak-tflops", type=float, default=0.0, help="cuda: device peak if not a known GPU")
+    args = ap.parse_args(argv)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    cuda = device == "cuda"
+    if cuda and not torch.cuda.is_available():
+        sys.exit("--device cuda: no CUDA device")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    configs = args.configs or (["hope-760m", "transformer-760m"] if cuda else ["hope-tiny", "transformer-tiny"])
+    lengths = [int(t) for t in (args.lengths or ("4096" if cuda else "512,2048")).split(",")]
+    if cuda:
+        peak_tflops = device_peak_tflops(args.peak_tflops)
+        peak = peak_tflops * 1e12 if peak_tflops else None
+        print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}, bf16 autocast; "
+              f"dense bf16 peak {peak_tflops or 'unknown'} TFLOP/s")
+    else:
+        peak = matmul_peak_flops()
+        print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, fp32; measured GEMM peak {peak / 1e9:.1f} GFLOP/s")
+    print(f"{'T':>5} {'model':>17} {'tokens/s':>9} {'MFU':>6} {'peak GiB':>8}   hope/transformer tokens/s")
+    for T in lengths:
         rows = {}
-        for name in ("hope-tiny", "transformer-tiny"):
-            tps, fpt = tokens_per_second(name, T, args.tokens_per_step, args.steps)
-            rows[name] = tps
-            print(f"{T:>5} {name:>17} {tps:>9.0f} {100 * tps * fpt / peak:>5.1f}%", flush=True)
-        print(f"{T:>5} {'ratio':>17} {'':>9} {'':>6}   {rows['hope-tiny'] / rows['transformer-tiny']:.2f}")
+        for name in configs:
+            try:
+                r = measure(name, T, args.tokens_per_step or (T if cuda else 8192), args.steps, device)
+            except torch.cuda.OutOfMemoryError:
+                print(f"{T:>5} {name:>17} out of memory", flush=True)
+                torch.cuda.empty_cache()
+                continue
+            rows[name] = r["tokens_per_s"]
+            mfu = f"{100 * r['tokens_per_s'] * r['flops_per_token'] / peak:>5.1f}%" if peak else f"{'-':>6}"
+            mem = f"{r['peak_gib']:>8.1f}" if "peak_gib" in r else f"{'-':>8}"
+            print(f"{T:>5} {name:>17} {r['tokens_per_s']:>9.0f} {mfu} {mem}", flush=True)
+        if len(rows) == 2:
+            print(f"{T:>5} {'ratio':>17} {'':>9} {'':>6} {'':>8}   {rows[configs[0]] / rows[configs[1]]:.2f}")
 
 
 if __name__ == "__main__":

@@ -5,9 +5,8 @@
 - `titans_fla` (fla_chunked.py): fla's chunk_gated_delta_rule once per self-modification chunk;
 - `titans_fused` (fused.py): one Triton kernel that owns the whole chunk loop; the GPU path.
 
-`titans()` picks the fast form for the device: on GPU the fused kernel where its whole-state
-tiles fit in shared memory (head width <= 64; wider heads need the row-tiled kernel that is not
-written yet), fla per chunk otherwise; on CPU the torch chunk form.
+`titans()` picks the fast form for the device: on GPU the fused kernel (head widths that are powers
+of two >= 16, which every config uses), fla per chunk for other widths; on CPU the torch chunk form.
 """
 
 from __future__ import annotations
@@ -18,8 +17,11 @@ from .chunk import titans_chunk
 from .reference import titans_reference
 
 IMPLEMENTATIONS = ("auto", "reference", "chunk", "fla", "fused")
-# sm_90 shared memory: the fused kernels at d_h = 128 ask for 256 KiB (fwd) / 480 KiB (bwd) > 227.
-FUSED_MAX_HEAD_DIM = 64
+
+
+def fused_supports(head_dim: int) -> bool:
+    """Head widths the fused kernels take (tl.dot tiles: powers of two, at least 16)."""
+    return head_dim >= 16 and head_dim & (head_dim - 1) == 0
 
 
 def titans(*args, impl: str = "auto", **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -27,7 +29,7 @@ def titans(*args, impl: str = "auto", **kwargs) -> tuple[torch.Tensor, torch.Ten
         if not args[0].is_cuda:
             impl = "chunk"
         else:
-            impl = "fused" if args[0].shape[-1] <= FUSED_MAX_HEAD_DIM else "fla"
+            impl = "fused" if fused_supports(args[0].shape[-1]) else "fla"
     if impl == "chunk":
         return titans_chunk(*args, **kwargs)
     if impl == "reference":

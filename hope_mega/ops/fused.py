@@ -8,13 +8,13 @@ and the main memory's output. The boundary states are kept ([slots, H, 6, D, D] 
 chunk start plus the final state) and are all the backward saves: it walks the chunks in reverse
 and recomputes each chunk's intermediates from its boundary state.
 
-Head widths: powers of two >= 16. On an H100 only D <= 64 fits the kernels' shared memory as
-they stand (D = 128 compiles but asks for 256 / 480 KiB; see fused_kernels.py), so the model's
-D = 128 configurations need the row-tiled version before this form can be their GPU path.
-Chunk sizes: any; the kernels pad a chunk to a block of max(16, next power of two) rows. Extra
-memory: the boundary states, (n_chunks + 1) x H x 6 x D x D fp32 per sequence (at T = 16K,
-C = 64, H = 16, D = 128: 1.6 GB per layer and sequence), written even without grad, since they
-are also the forward's working memory.
+Head widths: powers of two >= 16; the kernels walk each D×D state in row blocks of VALUE_BLOCK
+rows, which is what keeps D = 128 (the 760M / 1.3B heads) within an H100's shared memory (see
+fused_kernels.py). Chunk sizes: any; the kernels pad a chunk to a block of max(16, next power of
+two) rows. Extra memory: the boundary states, (n_chunks + 1) x H x 6 x D x D fp32 per sequence
+(at T = 16K, C = 64, H = 16, D = 128: 1.6 GB per layer and sequence), written even without grad,
+since they are also the forward's working memory; and a scratch of 7 x BC x D fp32 per
+(sequence, head) for the tiles that are cut into column blocks.
 
 All six memories are carried in full. The spec's shortcut of carrying r = S^T w for S_eta and
 S_alpha is not exact here: the self-generated value v̂_eta = N(v + S_eta v) needs all of S_eta v.
@@ -56,6 +56,9 @@ NUM_MEM = len(MEMORIES)
 # are numpy fp32 whatever this says. Not a call argument, so that the op keeps titans_chunk's
 # signature.
 DOT_PRECISION = "tf32x3"
+# Rows of a state per block in the kernels (the value dimension; see fused_kernels.py). Heads of
+# width <= VALUE_BLOCK run in one block.
+VALUE_BLOCK = 32
 
 
 # ------------------------------------------------------------------------------------------------
@@ -332,6 +335,16 @@ def _num_warps(D: int) -> int:
     return 8 if D >= 128 else 4
 
 
+def _value_block(D: int) -> int:
+    return min(D, VALUE_BLOCK)
+
+
+def _scratch(N, H, D, C, device):
+    from .fused_kernels import SCRATCH_SLOTS
+
+    return torch.empty(N, H, SCRATCH_SLOTS.value, _block_rows(C), D, dtype=torch.float32, device=device)
+
+
 class _TitansFused(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u_q, u_k, u_v, u_eta, u_alpha, s0, w_eta, b_eta, w_alpha, b_alpha, a_log, C, cu_seqlens):
@@ -349,8 +362,8 @@ class _TitansFused(torch.autograd.Function):
         states[slot0] = s0.detach().to(torch.float32)
         o = torch.empty(B * T, H, D, dtype=torch.float32, device=dev)
         _titans_fwd_kernel[(N, H)](
-            *xs, *params, states, o, cu, slot0,
-            H=H, D=D, C=C, BC=_block_rows(C), EPS=NORM_EPS, PREC=_dot_precision(dev),
+            *xs, *params, states, o, _scratch(N, H, D, C, dev), cu, slot0,
+            H=H, D=D, C=C, BC=_block_rows(C), BV=_value_block(D), EPS=NORM_EPS, PREC=_dot_precision(dev),
             num_warps=_num_warps(D), num_stages=1,
         )
         ctx.save_for_backward(*xs, *params, states, cu, slot0)
@@ -372,11 +385,12 @@ class _TitansFused(torch.autograd.Function):
         do = do.reshape(B * T, H, D).to(torch.float32).contiguous()
         ds = dfinal.to(torch.float32).clone().contiguous() if dfinal is not None else torch.zeros(N, H, NUM_MEM, D, D, **f32)
         du = [torch.empty(B * T, H, D, **f32) for _ in range(5)]
-        dw_eta, dw_alpha = torch.empty(N, H, D, **f32), torch.empty(N, H, D, **f32)
+        dw_eta, dw_alpha = torch.zeros(N, H, D, **f32), torch.zeros(N, H, D, **f32)
         db_eta, db_alpha, da_log = (torch.empty(N, H, **f32) for _ in range(3))
         _titans_bwd_kernel[(N, H)](
-            *xs, *params, states, do, ds, *du, dw_eta, db_eta, dw_alpha, db_alpha, da_log, cu, slot0,
-            H=H, D=D, C=C, BC=_block_rows(C), EPS=NORM_EPS, PREC=_dot_precision(dev),
+            *xs, *params, states, do, ds, *du, dw_eta, db_eta, dw_alpha, db_alpha, da_log,
+            _scratch(N, H, D, C, dev), cu, slot0,
+            H=H, D=D, C=C, BC=_block_rows(C), BV=_value_block(D), EPS=NORM_EPS, PREC=_dot_precision(dev),
             num_warps=_num_warps(D), num_stages=1,
         )
         grads_u = [g.reshape(B, T, H, D).to(dt) for g, dt in zip(du, u_dtypes)]

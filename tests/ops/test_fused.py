@@ -26,16 +26,21 @@ from hope_mega.ops.fused import titans_fused, titans_fused_torch  # noqa: E402
 
 NAMES = ["u_q", "u_k", "u_v", "u_eta", "u_alpha", "s0", "w_eta", "b_eta", "w_alpha", "b_alpha", "a_log"]
 
-# (name, B, T, H, D, C, cu_seqlens, dtype): T never a multiple of C; C = 8 and 13 run in a padded
-# 16-row block; the packed rows hold a document spanning a whole row and one of length 1; the
-# head widths of the 760M / 1.3B models (D = 64, 128) with C = 64, 32.
+# (name, B, T, H, D, C, cu_seqlens, dtype, value_block): T never a multiple of C; C = 8 and 13 run
+# in a padded 16-row block; the packed rows hold a document spanning a whole row and one of length
+# 1; the head widths of the 760M / 1.3B models (D = 64, 128) with C = 64, 32. value_block None is
+# fused.VALUE_BLOCK (so D = 64 and 128 walk the states in 2 and 4 row blocks); 16 splits the
+# small heads into row blocks too.
 INTERPRETED_CASES = [
-    ("rows", 2, 40, 2, 16, 16, None, "float32"),
-    ("packed", 2, 30, 2, 16, 8, [0, 7, 29, 30, 60], "float32"),
-    ("packed_odd_chunk", 1, 45, 2, 32, 13, [0, 20, 21, 45], "float32"),
-    ("bf16_inputs", 1, 40, 2, 16, 16, None, "bfloat16"),
-    ("head_dim_64", 1, 70, 1, 64, 64, None, "float32"),
-    ("head_dim_128", 1, 40, 1, 128, 32, None, "float32"),
+    ("rows", 2, 40, 2, 16, 16, None, "float32", None),
+    ("packed", 2, 30, 2, 16, 8, [0, 7, 29, 30, 60], "float32", None),
+    ("packed_odd_chunk", 1, 45, 2, 32, 13, [0, 20, 21, 45], "float32", None),
+    ("packed_row_blocks", 2, 30, 2, 32, 8, [0, 7, 29, 30, 60], "float32", 16),
+    ("bf16_inputs", 1, 40, 2, 16, 16, None, "bfloat16", None),
+    ("bf16_row_blocks", 1, 40, 2, 32, 16, None, "bfloat16", 16),
+    ("head_dim_64", 1, 70, 1, 64, 64, None, "float32", None),
+    ("head_dim_128", 1, 40, 1, 128, 32, None, "float32", None),
+    ("head_dim_128_chunk_64", 1, 70, 1, 128, 64, None, "float32", None),
 ]
 
 
@@ -56,15 +61,19 @@ def errors(inp, op, chunk_size, cu_seqlens, other_chunk_size=None):
 
 def interpreted_figures():
     """Run in a fresh interpreter with TRITON_INTERPRET=1: the Triton kernels against chunk."""
-    from hope_mega.ops import titans
+    from hope_mega.ops import fused, titans
 
+    default_block = fused.VALUE_BLOCK
     out = {}
-    for name, B, T, H, D, C, cu, dtype in INTERPRETED_CASES:
+    for name, B, T, H, D, C, cu, dtype, value_block in INTERPRETED_CASES:
         inp = TitansInputs(B=B, T=T, H=H, D=D, dtype=getattr(torch, dtype), seed=T + C)
         cu_t = torch.tensor(cu) if cu is not None else None
+        fused.VALUE_BLOCK = value_block or default_block
         start = time.perf_counter()
         out[name] = errors(inp, titans_fused, C, cu_t)
         out[name]["seconds"] = time.perf_counter() - start
+        out[name]["row_blocks"] = D // fused._value_block(D)
+    fused.VALUE_BLOCK = default_block
     # The dispatcher's "fused" form is this kernel.
     inp = TitansInputs(B=1, T=20, H=1, D=16)
     a, _ = titans(*inp.us, *inp.params, chunk_size=16, impl="fused")
@@ -89,7 +98,7 @@ def interpreted():
     return figures
 
 
-@pytest.mark.parametrize("case", [c[0] for c in INTERPRETED_CASES if c[-1] == "float32"])
+@pytest.mark.parametrize("case", [c[0] for c in INTERPRETED_CASES if c[-2] == "float32"])
 def test_triton_kernels_equal_chunk_fp32(interpreted, case):
     f = interpreted[case]
     assert f["o"] <= 1e-5
@@ -98,14 +107,20 @@ def test_triton_kernels_equal_chunk_fp32(interpreted, case):
         assert rel <= 1e-4, f"gradient of {name}: relative error {rel:.2e}"
 
 
-def test_triton_kernels_bf16_inputs(interpreted):
+@pytest.mark.parametrize("case", [c[0] for c in INTERPRETED_CASES if c[-2] == "bfloat16"])
+def test_triton_kernels_bf16_inputs(interpreted, case):
     # Both forms upcast the same bf16 inputs and run in fp32; only the gradients' final rounding to
     # bf16 may differ, by at most an ulp (2^-8) where the fp32 values straddle a rounding boundary.
-    f = interpreted["bf16_inputs"]
+    f = interpreted[case]
     assert f["o"] <= 1e-5
     assert f["final"] <= 1e-5
     for name, rel in f["grad_rel"].items():
         assert rel <= 4e-3, f"gradient of {name}: relative error {rel:.2e}"
+
+
+def test_row_blocks_exercised(interpreted):
+    assert {c[0]: interpreted[c[0]]["row_blocks"] for c in INTERPRETED_CASES if c[0].startswith(("head", "packed_row"))} == {
+        "packed_row_blocks": 2, "head_dim_64": 2, "head_dim_128": 4, "head_dim_128_chunk_64": 4}
 
 
 def test_dispatch_and_control(interpreted):
@@ -126,6 +141,20 @@ def test_torch_manual_backward_equals_autograd(dtype, tol_o, tol_g, B, T, H, D, 
     assert f["o"] <= tol_o and f["final"] <= tol_o
     for name, rel in f["grad_rel"].items():
         assert rel <= tol_g, f"gradient of {name}: relative error {rel:.2e}"
+
+
+def test_every_titans_config_takes_the_fused_kernel_on_gpu():
+    from hope_mega.config import load_config
+    from hope_mega.ops import fused_supports
+
+    widths = {}
+    for path in sorted((ROOT / "configs").glob("*.yaml")):
+        model = load_config(path).model
+        if model.mixer == "titans":
+            widths[path.stem] = model.head_dim
+    assert widths["hope-760m"] == widths["hope-1.3b"] == 128
+    assert [name for name, d in widths.items() if not fused_supports(d)] == []
+    assert not fused_supports(96) and not fused_supports(8)
 
 
 def test_fused_refuses_cpu_without_interpreter(monkeypatch):
