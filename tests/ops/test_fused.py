@@ -74,6 +74,7 @@ def interpreted_figures():
         out[name]["seconds"] = time.perf_counter() - start
         out[name]["row_blocks"] = D // fused._value_block(D)
     fused.VALUE_BLOCK = default_block
+    out["model"] = model_figures()
     # The dispatcher's "fused" form is this kernel.
     inp = TitansInputs(B=1, T=20, H=1, D=16)
     a, _ = titans(*inp.us, *inp.params, chunk_size=16, impl="fused")
@@ -84,6 +85,29 @@ def interpreted_figures():
     inp = TitansInputs(B=1, T=40, H=1, D=16, seed=3)
     out["control"] = errors(inp, titans_fused, 16, None, other_chunk_size=8)
     return out
+
+
+def model_figures():
+    """A two-layer HopeLM with the fused op against the same weights with the chunk op, on packed
+    rows: the loss, and every parameter's gradient, relative."""
+    from hope_mega.config import CMSLevel, ModelConfig
+    from hope_mega.model.lm import HopeLM
+
+    cfg = ModelConfig(vocab_size=64, d_model=64, n_layers=2, n_heads=2, chunk_size=16,
+                      cms_levels=[CMSLevel(hidden=96, period=1)])
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, cfg.vocab_size, (2, 41), generator=g)
+    ids[0, 9], ids[1, 25] = 2, 2  # packed documents, EOS = 2
+    results = {}
+    for impl in ("chunk", "fused"):
+        torch.manual_seed(0)
+        model = HopeLM(cfg, eos_id=2, titans_impl=impl)
+        loss = model(ids[:, :-1], ids[:, 1:]).mean()
+        loss.backward()
+        results[impl] = (loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()})
+    (l_a, g_a), (l_b, g_b) = results["chunk"], results["fused"]
+    return {"loss_a": l_a, "loss_b": l_b,
+            "grad_rel": {n: ((g_a[n] - g_b[n]).norm() / g_a[n].norm().clamp_min(1e-30)).item() for n in g_a}}
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +145,14 @@ def test_triton_kernels_bf16_inputs(interpreted, case):
 def test_row_blocks_exercised(interpreted):
     assert {c[0]: interpreted[c[0]]["row_blocks"] for c in INTERPRETED_CASES if c[0].startswith(("head", "packed_row"))} == {
         "packed_row_blocks": 2, "head_dim_64": 2, "head_dim_128": 4, "head_dim_128_chunk_64": 4}
+
+
+def test_model_with_fused_op_equals_chunk_op(interpreted):
+    f = interpreted["model"]
+    assert abs(f["loss_a"] - f["loss_b"]) <= 1e-6 * abs(f["loss_a"])
+    assert len(f["grad_rel"]) > 10 and any("s0" in n for n in f["grad_rel"])
+    for name, rel in f["grad_rel"].items():
+        assert rel <= 1e-4, f"gradient of {name}: relative error {rel:.2e}"
 
 
 def test_dispatch_and_control(interpreted):
