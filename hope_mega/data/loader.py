@@ -17,7 +17,9 @@ Tensor/sequence-parallel ranks that share a data-parallel rank get identical bat
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import socket
 import tempfile
 from typing import Any, Iterator
 
@@ -50,7 +52,52 @@ def _split_location(path: str, split: str) -> tuple[str | None, str]:
     if not os.path.isfile(os.path.join(local, "index.json")):
         raise LoaderError(f"{path} has no '{split}' split (no {local}/index.json); the card says "
                           f"it holds 0 rows or prep did not finish")
+    decompress_missing_shards(local)
     return None, os.path.abspath(local)
+
+
+def decompress_missing_shards(split_dir: str) -> int:
+    """Write the raw file of every compressed shard in a local split that lacks one; return how many.
+
+    Streaming would do it on first read, through one fixed temporary name per shard, and the
+    local leaders of two nodes reading a dataset on a shared filesystem race on that name
+    (mosaicml/streaming#863: FileNotFoundError on the rename). Here each process writes under its
+    own name and renames over the target: concurrent writers write the same bytes, and a reader
+    sees no file or a whole one. `hope-mega prep` writes uncompressed shards by default, so this
+    only serves `--compression zstd` datasets read from a folder.
+    """
+    index_path = os.path.join(split_dir, "index.json")
+    with open(index_path) as f:
+        shards = json.load(f)["shards"]
+    written = 0
+    for shard in shards:
+        zip_info, raw_info = shard.get("zip_data"), shard["raw_data"]
+        raw = os.path.join(split_dir, raw_info["basename"])
+        if not zip_info or os.path.isfile(raw):
+            continue
+        from hope_mega.data._streaming import import_streaming
+
+        compressed = os.path.join(split_dir, zip_info["basename"])
+        try:
+            with open(compressed, "rb") as f:
+                blob = f.read()
+        except OSError as err:
+            raise LoaderError(f"{index_path} lists {zip_info['basename']}, which cannot be read: {err}") from None
+        try:
+            data = import_streaming().base.compression.decompress(shard["compression"], blob)
+        except Exception as err:  # the codecs raise their own error types
+            raise LoaderError(f"{compressed} does not decompress ({err}): a damaged or cut-short shard") from None
+        if len(data) != raw_info["bytes"]:
+            raise LoaderError(f"{compressed} decompresses to {len(data)} bytes; {index_path} says "
+                              f"{raw_info['bytes']} (a damaged or cut-short shard)")
+        tmp = f"{raw}.{socket.gethostname()}-{os.getpid()}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, raw)
+        written += 1
+    return written
 
 
 def _data_parallel_replication(dp_rank: int, dp_size: int) -> int | None:

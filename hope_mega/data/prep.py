@@ -62,6 +62,8 @@ class PrepConfig:
     split_val: float = 0.001
     chunk_mb: float = 16.0  # work unit size: smaller balances better, bigger has fewer files
     shard_mb: float = 64.0  # uncompressed MDS shard size
+    # Shard compression: "none" (read in place) or "zstd" (for object stores; see data_prep/README.md)
+    compression: str = "none"
     quiet: bool = False
 
     def fingerprint(self, tokenizer_hash: str) -> dict[str, Any]:
@@ -75,6 +77,7 @@ class PrepConfig:
             "split_val": self.split_val,
             "chunk_bytes": self.chunk_bytes,
             "shard_bytes": int(self.shard_mb * (1 << 20)),
+            "compression": self.compression,
         }
 
     @property
@@ -192,6 +195,7 @@ class PartTask:
     row_len: int
     pad_id: int
     shard_bytes: int
+    compression: str
     # (token file, first global token offset, token count) of every unit in stream order
     pieces: list[tuple[str, int, int]] = field(default_factory=list)
     total_tokens: int = 0
@@ -219,7 +223,7 @@ def _write_part(task: PartTask) -> int:
     with streaming.MDSWriter(
         out=task.part_dir,
         columns={TOKEN_COLUMN: TOKEN_ENCODING},
-        compression="zstd",
+        compression=None if task.compression == "none" else task.compression,
         size_limit=task.shard_bytes,
     ) as writer:
         for piece in _tokens_in_range(task, start, stop):
@@ -407,7 +411,7 @@ def _run_locked(cfg: PrepConfig, tok, out: Path, log: _Log) -> dict:
         "row_len": cfg.seq_len + 1,
         "column": TOKEN_COLUMN,
         "encoding": TOKEN_ENCODING,
-        "compression": "zstd",
+        "compression": cfg.compression,
         "text_field": cfg.text_field,
         "split_val": cfg.split_val,
         "documents_read": docs_written + docs_skipped,
@@ -495,7 +499,7 @@ def _pack_split(cfg, tok, out: Path, work: Path, split: str, units, keys, summar
         PartTask(split=split, part=p, part_dir=str(split_dir / f"part-{p:03d}"),
                  row_start=rows * p // n_parts, row_stop=rows * (p + 1) // n_parts,
                  row_len=row_len, pad_id=tok.pad_id, shard_bytes=int(cfg.shard_mb * (1 << 20)),
-                 pieces=pieces, total_tokens=total)
+                 compression=cfg.compression, pieces=pieces, total_tokens=total)
         for p in range(n_parts)
     ]
     split_dir.mkdir(parents=True)

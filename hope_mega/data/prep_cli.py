@@ -30,6 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="work unit size for uncompressed files (default 16)")
     parser.add_argument("--shard-mb", type=float, default=64.0,
                         help="uncompressed MDS shard size (default 64)")
+    parser.add_argument("--compression", choices=["none", "zstd"], default="none",
+                        help="shard compression: none (default; training reads the shards in place) or "
+                             "zstd (smaller uploads to object storage)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     parser.set_defaults(func=run)
 
@@ -42,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = PrepConfig(
         tokenizer=args.tokenizer, inputs=args.input, output=args.output, seq_len=args.seq_len,
         workers=args.workers, text_field=args.text_field, split_val=args.split_val,
-        chunk_mb=args.chunk_mb, shard_mb=args.shard_mb, quiet=args.quiet,
+        chunk_mb=args.chunk_mb, shard_mb=args.shard_mb, compression=args.compression, quiet=args.quiet,
     )
     try:
         card = run_prep(cfg)
