@@ -4,7 +4,7 @@ import pytest
 
 from hope_mega.cli import main
 from hope_mega.config import load_config
-from hope_mega.params import flops_per_token, parameter_counts
+from hope_mega.params import flops_per_token, parameter_counts, titans_state_bytes
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -48,3 +48,23 @@ def test_flops_count_the_recurrence():
     D, C, H = 128, 64, 12
     per_head = 3 * 2 * D * D + 6 * 2 * D * D + 2 * 2 * 6 * D * D + 2 * D * D + 4 * D * D / C + 3 * 2 * C * D + C * 6 * D
     assert flops["titans.recurrence"] == pytest.approx(3 * 24 * H * per_head)
+
+
+def test_titans_boundary_state_memory_of_the_fused_path(capsys):
+    from hope_mega.ops.fused import _layout
+
+    cfg = load_config(CONFIGS / "hope-760m.yaml")
+    # The fused op's own buffer for one sequence of seq_len: n_slots x H x 6 x D x D fp32.
+    _, _, _, n_slots = _layout(1, cfg.train.seq_len, cfg.model.chunk_size, None, "cpu")
+    per_seq = n_slots * cfg.model.n_heads * 6 * cfg.model.head_dim**2 * 4
+    assert per_seq == 65 * 12 * 6 * 128 * 128 * 4
+    got = titans_state_bytes(cfg)
+    assert got["per_layer_and_sequence"] == per_seq
+    assert got["per_micro_batch"] == per_seq * 24 * 4
+    assert got["per_micro_batch_checkpointed"] == per_seq * 4
+    tp2 = load_config(CONFIGS / "hope-760m.yaml", ["parallel.tp=2"])
+    assert titans_state_bytes(tp2)["per_layer_and_sequence"] == per_seq // 2
+    assert main(["params", "--config", str(CONFIGS / "hope-760m.yaml")]) == 0
+    assert "titans_states.per_micro_batch: 27.422 GiB" in capsys.readouterr().out
+    assert main(["params", "--config", str(CONFIGS / "transformer-760m.yaml")]) == 0
+    assert "titans_states" not in capsys.readouterr().out
