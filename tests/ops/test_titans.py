@@ -108,3 +108,23 @@ def test_a_chunk_longer_than_every_sequence_is_one_chunk(titans_inputs):
     o_big, s_big = titans_chunk(*inp.us, *inp.params, chunk_size=1 << 20, cu_seqlens=cu, output_final_state=True)
     o_one, s_one = titans_chunk(*inp.us, *inp.params, chunk_size=18, cu_seqlens=cu, output_final_state=True)
     assert torch.equal(o_big, o_one) and torch.equal(s_big, s_one)
+
+
+def test_s_eta_is_not_summarised_by_its_gate_readout(titans_inputs):
+    """hope-math.md §2 says S_eta enters only through r = S_etaᵀ w_eta, so carrying r would be
+    exact. It is not: the self-generated value v̂_eta = N(v + S_eta v) normalises by the whole of
+    S_eta v. Two initial S_eta with the same r give the same first chunk and then part ways, which
+    is why every form here carries all six states in full."""
+    inp = titans_inputs(B=1, T=48, H=1, D=8, dtype=torch.float64, seed=4)
+    w = inp.w_eta[0]
+    a = torch.randn(8, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    a -= (a @ w) / (w @ w) * w  # a ⊥ w, so (a bᵀ)ᵀ w = 0
+    b = torch.randn(8, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    s0_b = inp.s0.clone()
+    s0_b[0, 3] += 0.5 * torch.outer(a, b)  # memory 3 is S_eta
+    assert torch.allclose(inp.s0[0, 3].T @ w, s0_b[0, 3].T @ w, atol=1e-12)
+    params_b = [s0_b] + inp.params[1:]
+    o_a, _ = titans_reference(*inp.us, *inp.params, chunk_size=16)
+    o_b, _ = titans_reference(*inp.us, *params_b, chunk_size=16)
+    assert (o_a[:, :16] - o_b[:, :16]).abs().max() <= 1e-12
+    assert (o_a[:, 16:] - o_b[:, 16:]).abs().max() > 1e-4
