@@ -48,7 +48,8 @@ NORM_EPS = 1e-6  # must equal common.NORM_EPS
 
 # Scratch slots per program, [BC, D] each: x_k, x_v, x_q (the reads before their norm), y (the
 # current memory's self-generated value before its norm), dv̂ of the current memory, and the
-# column-block sums into dk and dv. The forward uses the first four.
+# column-block sums into dk and dv. The forward uses the first four; the backward's last step
+# reuses the first three for the gradients of x_k, x_v, x_q.
 SCR_XK = tl.constexpr(0)
 SCR_XV = tl.constexpr(1)
 SCR_XQ = tl.constexpr(2)
