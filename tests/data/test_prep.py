@@ -200,6 +200,8 @@ def test_foreign_outputs_are_refused_and_finished_ones_left_alone(tmp_path, toke
     assert prep(tokenizer_dir, [tmp_path / "a.txt"], out)["tokens_written"] > 0  # no-op rerun
     with pytest.raises(PrepError, match=r"seq_len: 31 there, 63 now"):
         prep(tokenizer_dir, [tmp_path / "a.txt"], out, seq_len=63)
+    with pytest.raises(PrepError, match=r"compression: 'none' there, 'zstd' now"):
+        prep(tokenizer_dir, [tmp_path / "a.txt"], out, compression="zstd")
     other_tok = tmp_path / "tok2"
     train_tokenizer([str(tmp_path / "a.txt")], other_tok, vocab_size=340)
     with pytest.raises(PrepError, match="other options .*tokenizer_hash"):
