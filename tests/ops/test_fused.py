@@ -59,6 +59,31 @@ def errors(inp, op, chunk_size, cu_seqlens, other_chunk_size=None):
     }
 
 
+def rel_rms(ref, other):
+    """fla's test metric: RMS of the difference over RMS of the reference."""
+    ref, other = ref.double(), other.double()
+    return ((ref - other).square().mean().sqrt() / ref.square().mean().sqrt().clamp_min(1e-30)).item()
+
+
+def bf16_rel_rms(device, T, H, D, cu, C=64, seed=0):
+    """Relative RMS errors of titans_fused against titans_chunk on the same bf16 inputs (fp32
+    states and parameters), packed rows, under a fixed random projection of outputs and states."""
+    inp = TitansInputs(B=cu[-1] // T, T=T, H=H, D=D, seed=seed)
+    leaves = [t.to(device, torch.bfloat16) for t in inp.us] + [t.to(device) for t in inp.params]
+    cu_t = torch.tensor(cu, device=device)
+
+    def run(op):
+        xs = [t.detach().clone().requires_grad_(True) for t in leaves]
+        o, s = op(*xs, chunk_size=C, cu_seqlens=cu_t, output_final_state=True)
+        w = torch.randn(o.shape, generator=torch.Generator().manual_seed(1)).to(device)
+        ((o * w).sum() + s.square().sum()).backward()
+        return o.detach(), s.detach(), [x.grad for x in xs]
+
+    (o_a, s_a, g_a), (o_b, s_b, g_b) = run(titans_chunk), run(titans_fused)
+    return {"o": rel_rms(o_a, o_b), "final": rel_rms(s_a, s_b),
+            "grads": {n: rel_rms(a, b) for n, a, b in zip(NAMES, g_a, g_b)}}
+
+
 def interpreted_figures():
     """Run in a fresh interpreter with TRITON_INTERPRET=1: the Triton kernels against chunk."""
     from hope_mega.ops import fused, titans
@@ -75,6 +100,7 @@ def interpreted_figures():
         out[name]["row_blocks"] = D // fused._value_block(D)
     fused.VALUE_BLOCK = default_block
     out["model"] = model_figures()
+    out["bf16_rel_rms"] = bf16_rel_rms("cpu", T=100, H=1, D=32, cu=[0, 40, 41, 100, 200], C=32)
     # The dispatcher's "fused" form is this kernel.
     inp = TitansInputs(B=1, T=20, H=1, D=16)
     a, _ = titans(*inp.us, *inp.params, chunk_size=16, impl="fused")
@@ -187,6 +213,24 @@ def test_every_titans_config_takes_the_fused_kernel_on_gpu():
     assert widths["hope-760m"] == widths["hope-1.3b"] == 128
     assert [name for name, d in widths.items() if not fused_supports(d)] == []
     assert not fused_supports(96) and not fused_supports(8)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="compiled kernels need a CUDA GPU (CPU: the interpreted tests above)")
+@pytest.mark.parametrize("D", [64, 128])
+def test_compiled_kernels_equal_chunk_in_bf16_at_full_width(D):
+    """On a GPU, at the models' head widths with C = 64, packed rows and T not a multiple of C:
+    fla's tolerances for bf16 (relative RMS <= 5e-3 on outputs, <= 2e-2 on gradients) for the
+    kernels' tf32x3 dots against the chunk path's fp32 autograd on the same bf16 inputs."""
+    f = bf16_rel_rms("cuda", T=1000, H=4, D=D, cu=[0, 300, 301, 1000, 2000])
+    assert f["o"] <= 5e-3 and f["final"] <= 5e-3
+    for name, err in f["grads"].items():
+        assert err <= 2e-2, f"gradient of {name}: relative RMS error {err:.2e}"
+
+
+def test_bf16_check_runs_interpreted(interpreted):
+    # The GPU test's harness on a small shape under the interpreter (numpy fp32 dots).
+    f = interpreted["bf16_rel_rms"]
+    assert f["o"] <= 1e-5 and f["final"] <= 1e-5 and max(f["grads"].values()) <= 1e-4
 
 
 def test_fused_refuses_cpu_without_interpreter(monkeypatch):
