@@ -5,8 +5,9 @@
 - `titans_fla` (fla_chunked.py): fla's chunk_gated_delta_rule once per self-modification chunk;
 - `titans_fused` (fused.py): one Triton kernel that owns the whole chunk loop; the GPU path.
 
-`titans()` picks the fast form for the device: on GPU the fused kernel (head widths that are powers
-of two >= 16, which every config uses), fla per chunk for other widths; on CPU the torch chunk form.
+`titans()` picks the fast form for the device: on GPU the fused kernel for the shapes it launches
+at (power-of-two head widths 16..128 and chunks of up to 64 tokens, which every config uses), fla
+per chunk for other shapes; on CPU the torch chunk form.
 """
 
 from __future__ import annotations
@@ -14,14 +15,10 @@ from __future__ import annotations
 import torch
 
 from .chunk import titans_chunk
+from .fused import fused_supports
 from .reference import titans_reference
 
 IMPLEMENTATIONS = ("auto", "reference", "chunk", "fla", "fused")
-
-
-def fused_supports(head_dim: int) -> bool:
-    """Head widths the fused kernels take (tl.dot tiles: powers of two, at least 16)."""
-    return head_dim >= 16 and head_dim & (head_dim - 1) == 0
 
 
 def titans(*args, impl: str = "auto", **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -29,7 +26,8 @@ def titans(*args, impl: str = "auto", **kwargs) -> tuple[torch.Tensor, torch.Ten
         if not args[0].is_cuda:
             impl = "chunk"
         else:
-            impl = "fused" if fused_supports(args[0].shape[-1]) else "fla"
+            chunk_size = kwargs["chunk_size"] if "chunk_size" in kwargs else args[11]
+            impl = "fused" if fused_supports(args[0].shape[-1], chunk_size) else "fla"
     if impl == "chunk":
         return titans_chunk(*args, **kwargs)
     if impl == "reference":

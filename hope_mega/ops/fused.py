@@ -316,7 +316,15 @@ def _layout(B, T, chunk_size, cu_seqlens, device):
     return as_tensor(cu), as_tensor(slot0[:-1]), as_tensor(n_chunks), slot0[-1]
 
 
-def _check_runnable(x: torch.Tensor, D: int):
+def fused_supports(head_dim: int, chunk_size: int) -> bool:
+    """Shapes the kernels launch at on an H100: power-of-two head widths 16..128 (tl.dot tiles) and
+    chunks of at most 64 tokens. Compiled for sm_90 (BENCHMARKS.md), D = 128 at C = 64 asks for
+    192 KiB of shared memory; at C = 128 the backward asks for 416 KiB, over the 227 KiB limit."""
+    pow2 = head_dim & (head_dim - 1) == 0
+    return pow2 and 16 <= head_dim <= 128 and 1 <= chunk_size <= 64
+
+
+def _check_runnable(x: torch.Tensor, D: int, C: int):
     if not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
         raise RuntimeError(
             "titans_fused runs Triton kernels: use CUDA tensors, or set TRITON_INTERPRET=1 before "
@@ -324,6 +332,9 @@ def _check_runnable(x: torch.Tensor, D: int):
         )
     if D < 16 or D & (D - 1):
         raise ValueError(f"titans_fused needs a power-of-two head_dim >= 16, got {D}")
+    if x.is_cuda and not fused_supports(D, C):
+        raise ValueError(f"titans_fused on GPU takes head_dim <= 128 and chunk_size <= 64 (shared memory), "
+                         f"got head_dim={D}, chunk_size={C}; impl='fla' runs any shape")
 
 
 def _dot_precision(device: torch.device) -> str:
@@ -421,7 +432,7 @@ def titans_fused(
     the backward.
     """
     check_inputs(u_q, u_k, u_v, u_eta, u_alpha, s0, w_eta, b_eta, w_alpha, b_alpha, a_log, chunk_size)
-    _check_runnable(u_q, u_q.shape[-1])
+    _check_runnable(u_q, u_q.shape[-1], chunk_size)
     o, final = _TitansFused.apply(u_q, u_k, u_v, u_eta, u_alpha, s0, w_eta, b_eta, w_alpha, b_alpha, a_log,
                                   chunk_size, cu_seqlens)
     return o, (final if output_final_state else None)
