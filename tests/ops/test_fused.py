@@ -217,6 +217,24 @@ def test_every_titans_config_takes_the_fused_kernel_on_gpu():
     assert not fused_supports(256, 64) and not fused_supports(128, 128)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="compiled kernels need a CUDA GPU (CPU: the interpreted tests above)")
+@pytest.mark.parametrize("D", [64, 128])
+def test_compiled_kernels_equal_chunk_in_bf16_at_full_width(D):
+    """On a GPU, at the models' head widths with C = 64, packed rows and T not a multiple of C:
+    fla's tolerances for bf16 (relative RMS <= 5e-3 on outputs, <= 2e-2 on gradients) for the
+    kernels' tf32x3 dots against the chunk path's fp32 autograd on the same bf16 inputs."""
+    f = bf16_rel_rms("cuda", T=1000, H=4, D=D, cu=[0, 300, 301, 1000, 2000])
+    assert f["o"] <= 5e-3 and f["final"] <= 5e-3
+    for name, err in f["grads"].items():
+        assert err <= 2e-2, f"gradient of {name}: relative RMS error {err:.2e}"
+
+
+def test_bf16_check_runs_interpreted(interpreted):
+    # The GPU test's harness on a small shape under the interpreter (numpy fp32 dots).
+    f = interpreted["bf16_rel_rms"]
+    assert f["o"] <= 1e-5 and f["final"] <= 1e-5 and max(f["grads"].values()) <= 1e-4
+
+
 def test_fused_refuses_cpu_without_interpreter(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     inp = TitansInputs(B=1, T=8, H=1, D=16)
