@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from corpus_factory import make_documents, write_txt
+from ports import free_port
 
 from hope_mega.data.dataset_card import DatasetCardError
 from hope_mega.data.loader import LoaderError, build_train_loader, read_dataset_card, read_rows
@@ -37,12 +37,6 @@ def prepared(tmp_path: Path, tokenizer_dir, tokenizer, name: str, rows_multiple:
     assert rows.shape[0] % rows_multiple == 0
     assert len({r.tobytes() for r in rows}) == rows.shape[0]
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_ranks(tmp_path: Path, tag: str, cfg: dict) -> list[dict]:

@@ -7,7 +7,6 @@ Two real processes over gloo run every case (tp_rank.py); the TP=1 reference is 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from ports import free_port
 
 from hope_mega.config import CMSLevel, Config, ConfigError, ModelConfig, load_config, validate
 from hope_mega.model.lm import HopeLM
@@ -50,12 +50,6 @@ def packed_batches(seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         ids[0, 5] = ids[1, 20] = EOS
         out.append((ids[:, :-1].clone(), ids[:, 1:].clone()))
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def launch(world: int, script: Path, args: list[str], timeout_s: float) -> list[str]:

@@ -14,13 +14,20 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-TINY = REPO / "tests" / "train" / "tiny.yaml"
+TRAIN_TESTS = REPO / "tests" / "train"
+if str(TRAIN_TESTS) not in sys.path:
+    sys.path.insert(0, str(TRAIN_TESTS))
+
+from train_launch import CONFIG as TINY  # noqa: E402
+from train_launch import metrics  # noqa: E402
+
 STEPS = 40  # enough steps left after the resume that the crash lands mid-run, not after the end
 JOB_TIMEOUT = 300  # one tiny job takes ~60 s here; generous for a loaded machine
 
@@ -77,15 +84,6 @@ def kill_worker(cluster, job_id, node_id):
 def finished(cluster, job_id):
     state = cluster.job(job_id).get("JobState")
     return state if state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL") else None
-
-
-def metrics(save_dir):
-    out = {}
-    for line in (save_dir / "metrics.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        if "loss" in rec:
-            out[rec["step"]] = rec
-    return out
 
 
 @pytest.fixture(scope="module")

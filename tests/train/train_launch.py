@@ -2,18 +2,13 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
+from ports import free_port
+
 CONFIG = Path(__file__).with_name("tiny.yaml")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def train_command(nproc: int, data_root: Path, save_dir: Path, *overrides: str) -> list[str]:
