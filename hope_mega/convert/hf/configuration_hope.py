@@ -13,7 +13,7 @@ from transformers import PretrainedConfig
 
 class HopeConfig(PretrainedConfig):
     model_type = "hope_mega"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["past_key_values", "cache"]
 
     def __init__(
         self,

@@ -4,13 +4,13 @@ This file is copied next to `config.json` by `hope_mega.convert.export` and load
 `AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)` on machines that do not have
 hope_mega (or fla), so it imports only torch, transformers and its configuration. It therefore
 holds its own compact copy of the model (hope_mega/model) and of the chunk-wise Titans recurrence
-(hope_mega/ops/chunk.py). The duplication is deliberate — the exported folder must stand alone —
+(hope_mega/ops/titans_linear/chunk.py). The duplication is deliberate — the exported folder must stand alone —
 and tests/convert compares this model's logits with the native model's, so the copies cannot
 drift apart unnoticed. Parameter names equal the native HopeLM state dict, so conversion is a copy.
 
 What the training model does not need and this one adds is generation with a recurrent cache
 (`HopeCache`): the prompt is prefilled chunk-wise, then every new token is one step of the
-token-by-token recurrence (hope_mega/ops/reference.py) from the carried state. Packed documents
+token-by-token recurrence (hope_mega/ops/titans_linear/reference.py) from the carried state. Packed documents
 behave as in training: with `reset_at_eos` every memory, conv window, RoPE position and attention
 span restarts after each EOS, in the prompt and in generated text alike. Rows of a batch are
 independent, but prompts must have equal length (no padding: an attention mask with zeros is
@@ -400,6 +400,11 @@ class HopeCache:
         self.doc_start = self.doc_start.index_select(0, beam_idx.to(self.position.device))
 
 
+# generate() reads the cache back from the output field of this name: `cache` in the transformers
+# releases that renamed it, `past_key_values` before.
+_OUTPUT_CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
 class HopePreTrainedModel(PreTrainedModel):
     config_class = HopeConfig
     base_model_prefix = "hope"
@@ -496,11 +501,18 @@ class HopeForCausalLM(HopePreTrainedModel, GenerationMixin):
         labels: torch.LongTensor | None = None,
         return_dict: bool | None = None,
         logits_to_keep: int = 0,
+        cache: HopeCache | None = None,
         **kwargs,
     ):
         """A forward over `input_ids` [B, T]; from an empty cache (or none) the prompt runs chunk-wise,
-        from a filled `past_key_values` the new tokens continue it one step each. With `labels`
-        (shifted inside, -100 ignored) the mean next-token loss is returned too."""
+        from a filled cache the new tokens continue it one step each. With `labels` (shifted
+        inside, -100 ignored) the mean next-token loss is returned too.
+
+        The cache comes as `past_key_values` or as `cache`: transformers' `generate()` passes the
+        one its release uses (it renamed the keyword within 5.x), and both name the same object."""
+        if cache is not None and past_key_values is not None and cache is not past_key_values:
+            raise ValueError("pass the HopeCache as `cache` or as `past_key_values`, not two different ones")
+        past_key_values = past_key_values if past_key_values is not None else cache
         if attention_mask is not None and not bool(attention_mask.bool().all()):
             raise ValueError(
                 "HopeForCausalLM does not support padding (attention_mask has zeros): its memories would "
@@ -528,4 +540,4 @@ class HopeForCausalLM(HopePreTrainedModel, GenerationMixin):
             )
         if return_dict is False:
             return tuple(t for t in (loss, logits, cache) if t is not None)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=cache)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, **{_OUTPUT_CACHE_FIELD: cache})
