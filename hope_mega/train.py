@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from . import checkpoint
+from . import checkpoint, run_lock
 from .config import Config, ConfigError, load_config
 
 EXIT_PREEMPTED = 0  # a checkpointed stop on a signal is a clean exit; the launcher requeues
@@ -63,6 +63,21 @@ def preflight(cfg: Config, world_size: int) -> dict:
                 f"model.vocab_size: {cfg.model.vocab_size} is smaller than the tokenizer of {path} ({card['vocab_size']})"
             )
         cards.append(card)
+    need = t.micro_batch * dp  # rows one forward of every data-parallel rank takes
+    for i, (path, card) in enumerate(zip(d.paths, cards)):
+        rows = card.get("splits", {}).get("train", {}).get("rows", 0)
+        if rows == 0 or (len(cards) == 1 and rows < need):
+            raise PreflightError(
+                f"data.paths[{i}]: the train split of {path} has {rows} rows, fewer than train.micro_batch x "
+                f"data-parallel ranks = {t.micro_batch} x {dp}; prepare more text or lower train.micro_batch"
+            )
+    val_rows = sum(c.get("splits", {}).get("val", {}).get("rows", 0) for c in cards)
+    if t.eval_every > 0 and 0 < val_rows < need:
+        raise PreflightError(
+            f"train.eval_every: the val split of {', '.join(map(str, d.paths))} has {val_rows} rows, fewer than "
+            f"train.micro_batch x data-parallel ranks = {t.micro_batch} x {dp}, so no batch could be evaluated; "
+            f"set train.eval_every=0 or prepare with a larger --split-val"
+        )
     hashes = {c["tokenizer_hash"] for c in cards}
     if len(hashes) > 1:
         raise PreflightError(f"data.paths: datasets were made with different tokenizers ({sorted(hashes)})")
@@ -139,8 +154,10 @@ class Trainer:
         # the flag is honoured at the end of the first step.
         for sig in (signal.SIGTERM, signal.SIGUSR1):
             signal.signal(sig, self._on_signal)
+        run_lock.watch_launcher()
         _ensure_launch_env()
         world = int(os.environ["WORLD_SIZE"])
+        save_dir_existed = bool(t.save_dir) and Path(t.save_dir).is_dir()
         card = preflight(cfg, world)
         self.cuda = torch.cuda.is_available()
         if not self.cuda and "OMP_NUM_THREADS" not in os.environ:  # torchrun sets it; a lone process may not
@@ -148,6 +165,10 @@ class Trainer:
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
         ps.init_distributed(cfg.parallel.tp)
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        try:
+            self.run_lock = run_lock.hold_for_job(t.save_dir, save_dir_existed)
+        except run_lock.RunLockError as err:
+            raise PreflightError(str(err)) from None
         self.dp_rank, self.dp_size = ps.dp_rank(), ps.dp_size()
         self.dp_group = ps.dp_group()
         self.device = torch.device("cuda", torch.cuda.current_device()) if self.cuda else torch.device("cpu")
@@ -206,7 +227,7 @@ class Trainer:
         try:
             full = load_canonical_weights(source)
             model.load_state_dict(shard_state_dict(full, model, layers.tp_rank, layers.tp_size))
-        except (KeyError, ValueError, RuntimeError, OSError) as err:
+        except (KeyError, ValueError, RuntimeError, OSError, ConfigError) as err:
             raise PreflightError(f"train.init_from: cannot start from {source}: {err}") from None
         self.log0(f"initialised from {source}")
 
@@ -367,6 +388,8 @@ class Trainer:
         if hasattr(self, "metrics"):
             self.metrics.close()
         ps.destroy()
+        if getattr(self, "run_lock", None) is not None:
+            self.run_lock.release(remove_if_unused=True)  # a run that failed at start leaves nothing
 
 
 def train(cfg: Config) -> int:
