@@ -28,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     from hope_mega.data.readers import InputError
-    from hope_mega.data.tokenizer_train import train_tokenizer
+    from hope_mega.data.tokenizer_train import TokenizerTrainError, train_tokenizer
 
     if not 260 < args.vocab_size <= 65536:
         print(f"error: --vocab-size {args.vocab_size}: must be in 261..65536 (256 byte pieces "
@@ -38,7 +38,7 @@ def run_train(args: argparse.Namespace) -> int:
         card = train_tokenizer(args.input, args.output, vocab_size=args.vocab_size,
                                sample_sentences=args.sample_sentences, text_field=args.text_field,
                                seed=args.seed, num_threads=args.threads)
-    except InputError as err:
+    except (InputError, TokenizerTrainError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except RuntimeError as err:  # SentencePiece reports bad option combinations this way

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Iterator
@@ -20,6 +23,24 @@ UNK_ID, BOS_ID, EOS_ID, PAD_ID = 0, 1, 2, 3
 
 # Lines longer than this are cut at spaces before SentencePiece sees them (it drops longer ones).
 MAX_SENTENCE_BYTES = 8192
+
+
+class TokenizerTrainError(RuntimeError):
+    """Training could not produce a tokenizer; the message says why in terms of the inputs and
+    options, not SentencePiece's internals."""
+
+
+def _explain(err: RuntimeError, stats: dict, paths: list[Path], vocab_size: int) -> str:
+    where = f"{len(paths)} input file(s), {sum(p.stat().st_size for p in paths):,} bytes"
+    if stats["lines"] == 0:
+        return (f"no text to train on ({where}): {stats['documents']} documents read, {stats['skipped']} records "
+                f"skipped, no non-blank line")
+    too_high = re.search(r"Vocabulary size (?:is )?too high \((\d+)\)\. Please set it to a value <= (\d+)", str(err))
+    if too_high:
+        return (f"--vocab-size {vocab_size} is more than this text can fill ({where}, {stats['lines']} lines give "
+                f"at most {too_high.group(2)} pieces); use a smaller --vocab-size or more text")
+    detail = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+    return f"SentencePiece could not train on {where}: {detail}"
 
 
 def llama_style_options(vocab_size: int, sample_sentences: int, seed: int) -> dict:
@@ -94,24 +115,38 @@ def train_tokenizer(
     seed: int = 0,
     num_threads: int | None = None,
 ) -> dict:
-    """Train, write `output/tokenizer.model`, `.vocab` and the card; return the card."""
+    """Train, write `output/tokenizer.model`, `.vocab` and the card; return the card.
+
+    The files are made in a temporary folder and moved into `output` (card last) only once
+    training succeeded: a failure raises TokenizerTrainError and leaves `output` as it was."""
+    with tempfile.TemporaryDirectory(prefix="hope-mega-tokenizer-") as staging:
+        card = _train_into(inputs, Path(staging), vocab_size, sample_sentences, text_field, seed, num_threads)
+        output = Path(output)
+        output.mkdir(parents=True, exist_ok=True)
+        for name in (MODEL_FILE, VOCAB_FILE, CARD_FILE):
+            shutil.move(os.path.join(staging, name), output / name)
+    return card
+
+
+def _train_into(inputs, output: Path, vocab_size, sample_sentences, text_field, seed, num_threads) -> dict:
     import sentencepiece as spm
 
     paths = expand_inputs(inputs)
-    output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
     options = llama_style_options(vocab_size, sample_sentences, seed)
     stats = {"documents": 0, "lines": 0, "skipped": 0}
     spm.set_random_generator_seed(seed)
     prefix = output / "tokenizer"
     t0 = time.time()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=corpus_lines(paths, text_field, stats),
-        model_prefix=str(prefix),
-        num_threads=num_threads or os.cpu_count() or 1,
-        minloglevel=2,
-        **{k: v for k, v in options.items() if k != "random_seed"},
-    )
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=corpus_lines(paths, text_field, stats),
+            model_prefix=str(prefix),
+            num_threads=num_threads or os.cpu_count() or 1,
+            minloglevel=2,
+            **{k: v for k, v in options.items() if k != "random_seed"},
+        )
+    except RuntimeError as err:
+        raise TokenizerTrainError(_explain(err, stats, paths, vocab_size)) from None
     _drop_output_path(output / MODEL_FILE)
     card = {
         "format": "hope-mega tokenizer card v1",
