@@ -32,8 +32,9 @@ def windows(n_tokens: int, max_length: int) -> Iterator[tuple[int, int]]:
 
 
 @torch.no_grad()
-def document_nll(logits_fn: LogitsFn, tokens: list[int], prefix_id: int, max_length: int) -> float:
-    """Summed NLL (nats) of every token of the document."""
+def document_nll(logits_fn: LogitsFn, tokens: list[int], prefix_id: int, max_length: int,
+                 on_scored: Callable[[int], None] | None = None) -> float:
+    """Summed NLL (nats) of every token of the document; `on_scored(n)` after each window."""
     seq = torch.tensor([prefix_id, *tokens], dtype=torch.int64)
     total, done = 0.0, 0
     for start, end in windows(len(tokens), max_length):
@@ -43,6 +44,8 @@ def document_nll(logits_fn: LogitsFn, tokens: list[int], prefix_id: int, max_len
         targets = seq[end - n_new + 1 : end + 1]
         total += -logp.gather(1, targets.unsqueeze(1)).double().sum().item()
         done = end
+        if on_scored is not None:
+            on_scored(n_new)
     return total
 
 
@@ -62,14 +65,20 @@ def read_documents(path: str | Path) -> list[str]:
 
 
 def perplexity(
-    logits_fn: LogitsFn, encode: Callable[[str], list[int]], documents: list[str], prefix_id: int, max_length: int
+    logits_fn: LogitsFn, encode: Callable[[str], list[int]], documents: list[str], prefix_id: int, max_length: int,
+    label: str = "ppl", progress: bool = True,
 ) -> dict:
+    """Scores every document; with `progress`, a line with tokens scored, rate and ETA on stderr
+    every few seconds."""
+    from ..progress import Progress
+
     nll, tokens, n_bytes = 0.0, 0, 0
-    for text in documents:
-        ids = encode(text)
+    encoded = [(text, encode(text)) for text in documents]
+    meter = Progress(label, sum(len(ids) for _, ids in encoded), "tokens", enabled=progress)
+    for text, ids in encoded:
         if not ids:
             continue
-        nll += document_nll(logits_fn, ids, prefix_id, max_length)
+        nll += document_nll(logits_fn, ids, prefix_id, max_length, meter.update)
         tokens += len(ids)
         n_bytes += len(text.encode("utf-8"))
     return {
