@@ -11,6 +11,11 @@ POSIX filesystems). A kill at any moment leaves either the previous checkpoints 
 `.partial-*` folder that is never read. On resume the newest `step_*` whose manifest matches the
 files on disk is used; a folder cut short (a file missing or shorter than listed) is skipped with
 a message.
+
+Slow filesystem work stays off the collective path where it can: every rank flushes what it
+wrote itself (in parallel, on its own node), rank 0 then only records sizes and renames, and
+old checkpoints and stale partial folders are deleted in the background while training goes on.
+The barriers in between wait under `train.collective_timeout_s`.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 from pathlib import Path
 from typing import Any, Callable
 
@@ -50,6 +56,27 @@ def _write_json(path: Path, data: Any) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+_cleanup: threading.Thread | None = None
+
+
+def _delete_in_background(paths: list[Path]) -> None:
+    """Remove finished-with folders without holding up the ranks waiting at the next collective.
+    One deletion at a time; `wait_for_cleanup` (and interpreter exit) waits for it."""
+    global _cleanup
+    wait_for_cleanup()
+    if paths:
+        _cleanup = threading.Thread(target=lambda: [shutil.rmtree(p, ignore_errors=True) for p in paths],
+                                    name="checkpoint-cleanup")
+        _cleanup.start()
+
+
+def wait_for_cleanup() -> None:
+    global _cleanup
+    if _cleanup is not None:
+        _cleanup.join()
+        _cleanup = None
 
 
 def tag_for(step: int) -> str:
@@ -107,26 +134,27 @@ def save(
     final = root / tag
     if rank == 0:
         root.mkdir(parents=True, exist_ok=True)
-        for stale in root.glob(f"{PARTIAL}*"):  # left by a save that was killed
-            shutil.rmtree(stale, ignore_errors=True)
+        wait_for_cleanup()  # a folder of this step from an earlier, killed save may be being deleted
+        if partial.exists():
+            shutil.rmtree(partial)
     dist.barrier()
     engine.save_checkpoint(str(root), tag=partial.name, save_latest=False)
     torch.save(rank_state, partial / f"rank_{rank:05d}.pt")
+    # Each rank flushes its node's writes itself: on a shared filesystem only the writing client
+    # can make its cached writes durable, and the ranks do it in parallel.
+    os.sync()
     dist.barrier()
     if rank == 0:
         _write_json(partial / TRAINER_STATE, {**trainer_state, "format_version": FORMAT_VERSION, "step": step})
-        files = {}
-        for path in sorted(partial.rglob("*")):
-            if path.is_file():
-                _fsync_path(path)
-                files[str(path.relative_to(partial))] = path.stat().st_size
+        files = {str(path.relative_to(partial)): path.stat().st_size
+                 for path in sorted(partial.rglob("*")) if path.is_file()}
         _write_json(partial / MANIFEST, {"format_version": FORMAT_VERSION, "files": files})
         if final.exists():  # a re-save of the same step (e.g. a signal right after a periodic save)
             shutil.rmtree(final)
         os.replace(partial, final)
         _fsync_path(root)
-        for old in list_checkpoints(root)[keep_last:]:
-            shutil.rmtree(old, ignore_errors=True)
+        stale = [p for p in root.glob(f"{PARTIAL}*") if p != partial]  # left by saves that were killed
+        _delete_in_background(list_checkpoints(root)[keep_last:] + stale)
     dist.barrier()
     return final
 

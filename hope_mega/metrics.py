@@ -9,26 +9,44 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
 
-# Dense bf16 peak per device, for MFU; the trainer reports MFU only where the peak is known.
-PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "GH200": 989.0, "B200": 2250.0}
+# Dense bf16 peak TFLOP/s per device, for MFU: (pattern on torch.cuda.get_device_name(), peak),
+# the first match wins, so variants come before their family (an H100 PCIe is not an SXM part).
+PEAK_TFLOPS = [
+    (r"\bH100\b.*\bPCIe\b", 756.0),
+    (r"\bH100\b.*\bNVL\b", 835.0),
+    (r"\bH200\b.*\bNVL\b", 835.0),
+    (r"\bGH200\b", 989.0),
+    (r"\bH200\b", 989.0),
+    (r"\bH100\b", 989.0),  # SXM5, named e.g. "NVIDIA H100 80GB HBM3"
+    (r"\bH800\b", 989.0),
+    (r"\bA100\b", 312.0),
+    (r"\bB200\b", 2250.0),
+]
+
+
+def peak_tflops_of(device_name: str) -> float | None:
+    """The dense bf16 peak of a device by its CUDA name, or None when it is not in the table."""
+    for pattern, peak in PEAK_TFLOPS:
+        if re.search(pattern, device_name):
+            return peak
+    return None
 
 
 def device_peak_tflops(override: float = 0.0) -> float | None:
+    """train.peak_tflops when set, else this GPU's peak from the table (None on the CPU or an
+    unknown GPU: MFU is then not reported)."""
     if override > 0:
         return override
     import torch
 
     if not torch.cuda.is_available():
         return None
-    name = torch.cuda.get_device_name()
-    for key, peak in PEAK_TFLOPS.items():
-        if key in name:
-            return peak
-    return None
+    return peak_tflops_of(torch.cuda.get_device_name())
 
 
 class MetricsLogger:

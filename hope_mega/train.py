@@ -23,6 +23,7 @@ import torch.distributed as dist
 
 from . import checkpoint, run_lock
 from .config import Config, ConfigError, load_config
+from .device import require_gpu_if_requested
 
 EXIT_PREEMPTED = 0  # a checkpointed stop on a signal is a clean exit; the launcher requeues
 
@@ -159,12 +160,14 @@ class Trainer:
         world = int(os.environ["WORLD_SIZE"])
         save_dir_existed = bool(t.save_dir) and Path(t.save_dir).is_dir()
         card = preflight(cfg, world)
-        self.cuda = torch.cuda.is_available()
+        self.cuda = require_gpu_if_requested()
         if not self.cuda and "OMP_NUM_THREADS" not in os.environ:  # torchrun sets it; a lone process may not
             local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
-        ps.init_distributed(cfg.parallel.tp)
+        ps.init_distributed(cfg.parallel.tp, timeout_s=t.collective_timeout_s)
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        self.log0(f"process group: {self.world} ranks ({dist.get_backend()}), master "
+                  f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}")
         try:
             self.run_lock = run_lock.hold_for_job(t.save_dir, save_dir_existed)
         except run_lock.RunLockError as err:
@@ -173,6 +176,9 @@ class Trainer:
         self.dp_group = ps.dp_group()
         self.device = torch.device("cuda", torch.cuda.current_device()) if self.cuda else torch.device("cpu")
         self.bf16 = t.dtype == "bf16" or (t.dtype == "auto" and self.cuda)
+        # bf16 is autocast over fp32 parameters: the weights DeepSpeed checkpoints, the gradients
+        # it accumulates and all-reduces, and the recurrence's own parameters stay fp32 (spec §4).
+        self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
         self.pad_id = card.get("pad_id")
 
         torch.manual_seed(t.seed)
@@ -184,8 +190,13 @@ class Trainer:
         ckpt = checkpoint.latest_valid(t.save_dir, log=self.log0)
         if ckpt is None and t.init_from:
             self._init_weights(model, layers)
-        self.optimizer = CMSAdamW(param_groups(model, t.weight_decay), lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps)
-        self.engine = build_engine(model, self.optimizer, cfg, self.dp_size, self.bf16)
+        if t.optimizer == "m3":  # M3 needs whole matrices, which ZeRO does not give: its own DP engine
+            from .parallel.owner_dp import build_owner_engine
+
+            self.optimizer, self.engine = build_owner_engine(model, cfg, self.bf16)
+        else:
+            self.optimizer = CMSAdamW(param_groups(model, t.weight_decay), lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps)
+            self.engine = build_engine(model, self.optimizer, cfg, self.dp_size)
         self.model = model
 
         from .data.loader import build_train_loader
@@ -216,6 +227,10 @@ class Trainer:
         self.peak_tflops = device_peak_tflops(t.peak_tflops)
         self.metrics = MetricsLogger(t.save_dir, self.rank == 0, self.step, t.wandb_project, self.wandb_id,
                                      cfg.model.name, cfg.to_dict())
+        from .run_summary import describe_run
+
+        self.log0(describe_run(cfg, self.world, card, self.step, self.tokens, self.bf16,
+                               str(ckpt) if ckpt is not None else None))
 
     def _init_weights(self, model, layers) -> None:
         """Load canonical (TP = 1) weights and keep this rank's shards, before ZeRO copies the
@@ -259,7 +274,8 @@ class Trainer:
     def _loss(self, batch: torch.Tensor) -> torch.Tensor:
         batch = batch.to(self.device)
         inputs, labels = batch[:, :-1], batch[:, 1:]
-        per_token = self.engine(inputs, labels)
+        with self.autocast:
+            per_token = self.engine(inputs, labels)
         if self.pad_id is None:
             return per_token.mean()
         mask = (labels != self.pad_id).float()
@@ -269,6 +285,15 @@ class Trainer:
         flag = torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=self.device)
         dist.all_reduce(flag)
         return flag.item() == 0
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        if self.bf16 and not self.cuda:
+            # megatron-core's linear layers re-enter autocast in their backward only for CUDA
+            # (custom_bwd(device_type="cuda")); on the CPU the same is done here.
+            with self.autocast:
+                self.engine.backward(loss)
+        else:
+            self.engine.backward(loss)
 
     def _zero_loss(self) -> torch.Tensor:
         """A loss of exactly zero that reaches every parameter, so DeepSpeed's gradient hooks
@@ -291,11 +316,13 @@ class Trainer:
                 finite = False
             if not finite:
                 loss = self._zero_loss()
-            if micro == self.accumulation - 1 and not finite:
-                self.optimizer.skip_next_step = True
-            self.engine.backward(loss)
-            self.engine.step()
+            self._backward(loss)
+            # At the last micro batch the engine steps the optimizer, once per parameter group
+            # under ZeRO: a non-finite step must leave every group as it was.
+            with self.optimizer.skipping_steps(not finite):
+                self.engine.step()
             loss_sum += loss.item()
+        # Host-side scalars go over the process group's CPU backend (gloo; see parallel.state).
         stats = torch.tensor([loss_sum / self.accumulation, float(digest % (1 << 50))], dtype=torch.float64)
         dist.all_reduce(stats, group=self.dp_group)
         grad_norm = self.engine.get_global_grad_norm()
@@ -387,6 +414,7 @@ class Trainer:
 
         if hasattr(self, "metrics"):
             self.metrics.close()
+        checkpoint.wait_for_cleanup()
         ps.destroy()
         if getattr(self, "run_lock", None) is not None:
             self.run_lock.release(remove_if_unused=True)  # a run that failed at start leaves nothing

@@ -33,6 +33,7 @@ def register(subparsers) -> None:
     p.add_argument("--output", help="results JSON (default: print only)")
     p.add_argument("--tokenizer", help="tokenizer folder for a checkpoint (default: its data.tokenizer)")
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="Hugging Face models only")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: a GPU when there is one")
     p.add_argument("--max-length", type=int, default=2048, help="perplexity window (lm-eval's max_length)")
     p.add_argument("--prefix-id", type=int, help="token scored documents start from (default: EOS)")
     p.add_argument("--examples", type=int, default=64, help="examples per synthetic task and length")
@@ -78,7 +79,7 @@ def evaluate(args) -> dict:
         missing = [f for f in args.text if not Path(f).is_file()]
         if missing:
             raise EvalError(f"--text: no such file {missing[0]}")
-    model = load_model(args.model, args.tokenizer, args.dtype)
+    model = load_model(args.model, args.tokenizer, args.dtype, args.device)
     results: dict = {"model": model.name, "tasks": {}}
     if "ppl" in tasks:
         if model.encode is None:

@@ -46,8 +46,11 @@ def offline_env() -> dict[str, str]:
 
 def lm_eval_command(
     hf_dir: str | Path, tasks_dir: str | Path, tasks: list[str], output: str | Path | None = None,
-    max_length: int = 2048, batch_size: int = 1, lm_eval: str = "lm_eval",
+    max_length: int = 2048, batch_size: int = 1, lm_eval: str = "lm_eval", device: str = "auto",
 ) -> list[str]:
+    """The lm_eval command line; `device` auto runs on a GPU when this process sees one."""
+    from ..device import pick_device
+
     config = json.loads((Path(hf_dir) / "config.json").read_text())
     model_args = [f"pretrained={Path(hf_dir).resolve()}", "trust_remote_code=True", "add_bos_token=False",
                   f"max_length={max_length}", "dtype=float32"]
@@ -55,7 +58,7 @@ def lm_eval_command(
     if eos is not None:
         model_args.append(f"prefix_token_id={eos}")
     cmd = [lm_eval, "--model", "hf", "--model_args", ",".join(model_args), "--include_path", str(tasks_dir),
-           "--tasks", ",".join(tasks), "--batch_size", str(batch_size), "--device", "cpu"]
+           "--tasks", ",".join(tasks), "--batch_size", str(batch_size), "--device", str(pick_device(device))]
     if output is not None:
         cmd += ["--output_path", str(output)]
     return cmd

@@ -38,13 +38,13 @@ class EvalModel:
         return max(self.special_ids, default=-1) + 1
 
 
-def _hf_model(path: Path, dtype: torch.dtype) -> EvalModel:
+def _hf_model(path: Path, dtype: torch.dtype, device: torch.device) -> EvalModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     config = json.loads((path / "config.json").read_text())
     # Remote code only for hope-mega's own exports, whose code this package wrote.
     trust = config.get("model_type") == "hope_mega"
-    model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust, dtype=dtype).eval()
+    model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust, dtype=dtype).eval().to(device)
     tokenizer = None
     if any((path / f).is_file() for f in ("tokenizer.model", "tokenizer.json", "tokenizer_config.json")):
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
@@ -57,13 +57,13 @@ def _hf_model(path: Path, dtype: torch.dtype) -> EvalModel:
             eos = tokenizer.eos_token_id
 
     def logits_fn(ids: torch.Tensor) -> torch.Tensor:
-        return model(ids).logits
+        return model(ids.to(device)).logits.cpu()
 
     encode = None if tokenizer is None else (lambda text: tokenizer.encode(text, add_special_tokens=False))
     return EvalModel(str(path), logits_fn, encode, int(model.config.vocab_size), eos, specials)
 
 
-def _native_model(path: Path, tokenizer_dir: str | None) -> EvalModel:
+def _native_model(path: Path, tokenizer_dir: str | None, device: torch.device) -> EvalModel:
     from ..convert.cli import checkpoint_eos, checkpoint_tokenizer, read_checkpoint
     from ..data.tokenizer import load_tokenizer
     from ..model.lm import HopeLM
@@ -73,20 +73,28 @@ def _native_model(path: Path, tokenizer_dir: str | None) -> EvalModel:
     eos, reset = checkpoint_eos(state, tok_dir)
     model = HopeLM(model_cfg, eos_id=eos if reset else None).eval()
     model.load_state_dict({k: v.float() for k, v in weights.items()})
+    model.to(device)
     tokenizer = load_tokenizer(tok_dir) if tok_dir is not None else None
     specials = {eos} if eos is not None else set()
     if tokenizer is not None:
         specials |= {i for i in (tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id, tokenizer.unk_id) if i >= 0}
-    return EvalModel(str(ckpt), model, tokenizer.encode if tokenizer else None, model_cfg.vocab_size, eos, specials)
+
+    def logits_fn(ids: torch.Tensor) -> torch.Tensor:
+        return model(ids.to(device)).cpu()
+
+    return EvalModel(str(ckpt), logits_fn, tokenizer.encode if tokenizer else None, model_cfg.vocab_size, eos, specials)
 
 
-def load_model(path: str | Path, tokenizer: str | None = None, dtype: str = "fp32") -> EvalModel:
+def load_model(path: str | Path, tokenizer: str | None = None, dtype: str = "fp32", device: str = "auto") -> EvalModel:
+    from ..device import pick_device
+
     path = Path(path)
+    where = pick_device(device)
     if not path.exists():
         raise EvalError(f"--model {path}: no such file or folder")
     torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
     if (path / "config.json").is_file():
         if tokenizer:
             raise EvalError("--tokenizer applies to training checkpoints; a Hugging Face folder brings its own")
-        return _hf_model(path, torch_dtype)
-    return _native_model(path, tokenizer)
+        return _hf_model(path, torch_dtype, where)
+    return _native_model(path, tokenizer, where)

@@ -17,14 +17,13 @@ import math
 
 import torch
 
+from .skipping import SkippableSteps
 
-class CMSAdamW(torch.optim.Optimizer):
+
+class CMSAdamW(SkippableSteps, torch.optim.Optimizer):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0, period=1):
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, period=period, steps_seen=0)
         super().__init__(params, defaults)
-        # Set by the trainer when a step's loss was not finite: the next step() changes nothing,
-        # not even the CMS accumulators or the period counters.
-        self.skip_next_step = False
 
     def group_is_due(self, group) -> bool:
         """Whether the group updates at the step about to be taken."""
@@ -33,8 +32,7 @@ class CMSAdamW(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure=None):
         loss = closure() if closure is not None else None
-        if self.skip_next_step:
-            self.skip_next_step = False
+        if self.skipping:  # a non-finite step: not even the CMS accumulators or counters move
             return loss
         for group in self.param_groups:
             due = self.group_is_due(group)

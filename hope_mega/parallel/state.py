@@ -25,8 +25,9 @@ def init_distributed(tp: int, backend: str | None = None, timeout_s: float = 600
     """Join the job started by torchrun (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) and build the
     tensor- and data-parallel groups: world = tp x dp.
 
-    backend: None picks nccl with a GPU and gloo without. Without a GPU megatron-core is adapted
-    to the CPU first (hope_mega.parallel.megatron_cpu).
+    backend: None picks `default_backend()`. Without a GPU megatron-core is adapted to the CPU
+    first (hope_mega.parallel.megatron_cpu). timeout_s bounds every collective (NCCL's watchdog
+    included): `train.collective_timeout_s`.
     """
     from megatron.core import parallel_state
 
@@ -44,7 +45,7 @@ def init_distributed(tp: int, backend: str | None = None, timeout_s: float = 600
         )
     cuda = torch.cuda.is_available()
     if backend is None:
-        backend = "nccl" if cuda else "gloo"
+        backend = default_backend(cuda)
     if not cuda:
         apply_megatron_cpu_adaptation()
     else:
@@ -58,6 +59,14 @@ def init_distributed(tp: int, backend: str | None = None, timeout_s: float = 600
     # Gloo twins of the groups are only for megatron's distributed optimizer, which DeepSpeed
     # replaces; without a GPU the main groups are gloo already.
     parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp, create_gloo_process_groups=False)
+
+
+def default_backend(cuda: bool) -> str:
+    """The process group's backend per device type. With GPUs, CUDA tensors go over NCCL and CPU
+    tensors over gloo: a group made with plain "nccl" has no backend for CPU tensors (and
+    megatron's sub-groups inherit that map), so one host-side collective would end the run at its
+    first step. Without GPUs everything is gloo."""
+    return "cpu:gloo,cuda:nccl" if cuda else "cpu:gloo"
 
 
 def is_initialized() -> bool:

@@ -2,6 +2,13 @@
 
 DeepSpeed gets a torch optimizer instance (`CMSAdamW`), so ZeRO shards its moments and the CMS
 gradient accumulators like any optimizer state, and no DeepSpeed optimizer has to be compiled.
+
+DeepSpeed runs in fp32 whatever `train.dtype` says; bf16 is the trainer's autocast. DeepSpeed's
+own bf16 mode would cast every parameter to bf16 (the recurrence's initial states, gates and
+decays too, against spec §4), accumulate and all-reduce gradients in bf16, write bf16 weights
+to the model-states file that conversion and `train.init_from` read, and, at ZeRO stage 0, wrap
+the optimizer in its FP16_UnfusedOptimizer. In fp32 every parameter, gradient sum and
+checkpointed weight is fp32, and the matmuls still run in bf16 under autocast.
 """
 
 from __future__ import annotations
@@ -62,7 +69,7 @@ def _skip_cpu_shm_build() -> None:
         module.build_shm_op = lambda: None
 
 
-def deepspeed_config(cfg: Config, dp_size: int, bf16: bool) -> dict:
+def deepspeed_config(cfg: Config, dp_size: int) -> dict:
     t, p = cfg.train, cfg.parallel
     if p.zero_stage == 3:
         raise ValueError(
@@ -80,14 +87,15 @@ def deepspeed_config(cfg: Config, dp_size: int, bf16: bool) -> dict:
         "gradient_accumulation_steps": t.global_batch // (t.micro_batch * dp_size),
         "gradient_clipping": t.grad_clip,
         "zero_optimization": {"stage": p.zero_stage, "overlap_comm": False, "contiguous_gradients": False},
-        "bf16": {"enabled": bf16},
+        "bf16": {"enabled": False},  # see the module docstring: bf16 is autocast, parameters stay fp32
+        "communication_data_type": "fp32",
         "steps_per_print": 1 << 30,
         "wall_clock_breakdown": False,
         "zero_allow_untested_optimizer": True,
     }
 
 
-def build_engine(model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg: Config, dp_size: int, bf16: bool):
+def build_engine(model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg: Config, dp_size: int):
     import logging
     import os
 
@@ -102,55 +110,86 @@ def build_engine(model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg: 
     engine, _, _, _ = deepspeed.initialize(
         model=model,
         optimizer=optimizer,
-        config=deepspeed_config(cfg, dp_size, bf16),
+        config=deepspeed_config(cfg, dp_size),
         mpu=MegatronMPU(),
         dist_init_required=False,
     )
     return engine
 
 
-def reshard_zero_optimizer(engine, ckpt, saved_dp: int) -> None:
-    """Load a ZeRO-1/2 optimizer state saved with `saved_dp` data-parallel ranks into an engine
-    running with another number (DeepSpeed refuses this itself).
-
-    Each parameter group's state is one flat fp32 vector cut into equal partitions, the last
-    padded at its end: join the saved partitions, drop that padding, pad for the new size and
-    keep this rank's slice. That covers the fp32 master weights and every per-element optimizer
-    state (Adam moments, CMS gradient accumulators); scalar state and group settings (the CMS
-    period counters) are the same on every rank.
-    """
+def _zero_files(ckpt, dp: int, tp_rank: int) -> list:
     from pathlib import Path
 
+    return [Path(ckpt) / f"zero_pp_rank_{r}_mp_rank_{tp_rank:02d}_optim_states.pt" for r in range(dp)]
+
+
+def saved_zero_state(ckpt, dp: int, tp_rank: int) -> list[dict]:
+    """The ZeRO-1/2 optimizer state of one TP rank's checkpoint files, whole: per parameter
+    group, the fp32 master weights and every per-element optimizer state (Adam moments, CMS
+    accumulators) as one flat vector in the group's own order, independent of the number of
+    data-parallel ranks that wrote it; scalar state and group settings (step counts, CMS period
+    counters) as saved.
+
+    DeepSpeed (non-elastic ZeRO-1/2, no parameter alignment or round-robin reordering: our
+    config) writes each rank's fp32 partition already without its padding, but its optimizer
+    state with the padding at the end of the rank's partition (`groups_padding` of that rank).
+    Files are read onto the CPU: DeepSpeed saved them as tensors of the saving rank's GPU.
+    """
+    saved = [torch.load(f, map_location="cpu", weights_only=False)["optimizer_state_dict"]
+             for f in _zero_files(ckpt, dp, tp_rank)]
+    for s in saved:
+        if any(any(p for p in paddings) for paddings in s["param_alignment_paddings"]):
+            raise ValueError(f"{ckpt}: its ZeRO partitions pad inside parameter groups (parameter_alignment), "
+                             "which this re-cut does not read; resume it with its own data-parallel size")
+    groups = []
+    for g in range(len(saved[0]["single_partition_of_fp32_groups"])):
+        fp32 = torch.cat([s["single_partition_of_fp32_groups"][g].flatten() for s in saved])
+        states = [s["base_optimizer_state"]["state"].get(g, {}) for s in saved]
+        group = {"fp32": fp32, "state": {}, "settings": {}}
+        for key, value in states[0].items():
+            if torch.is_tensor(value) and value.numel() > 1:
+                parts = []
+                for s, st in zip(saved, states):
+                    lean = st[key].numel() - s["group_paddings"][g]
+                    parts.append(st[key].flatten()[:lean])
+                group["state"][key] = torch.cat(parts)
+                if group["state"][key].numel() != fp32.numel():
+                    raise ValueError(f"{ckpt}: optimizer state {key!r} of group {g} has {group['state'][key].numel()} "
+                                     f"elements after removing padding, its weights {fp32.numel()}")
+            else:
+                group["state"][key] = value
+        group["settings"] = {k: v for k, v in saved[0]["base_optimizer_state"]["param_groups"][g].items()
+                             if k != "params"}
+        groups.append(group)
+    return groups
+
+
+def reshard_zero_optimizer(engine, ckpt, saved_dp: int) -> None:
+    """Load a ZeRO-1/2 optimizer state saved with `saved_dp` data-parallel ranks into an engine
+    running with another number (DeepSpeed refuses this itself): the whole flat state of each
+    group (`saved_zero_state`), padded at its end for the new size, and this rank's slice of it.
+    """
     from megatron.core import parallel_state as ps
 
     zero = engine.optimizer
-    tp = ps.get_tensor_model_parallel_rank()
-    files = [Path(ckpt) / f"zero_pp_rank_{r}_mp_rank_{tp:02d}_optim_states.pt" for r in range(saved_dp)]
-    saved = [torch.load(f, weights_only=False)["optimizer_state_dict"] for f in files]
-    if any(any(p for p in paddings) for s in saved for paddings in s["param_alignment_paddings"]):
-        raise ValueError(f"{ckpt}: its ZeRO partitions pad inside parameter groups; resume it with {saved_dp} data-parallel ranks")
+    groups = saved_zero_state(ckpt, saved_dp, ps.get_tensor_model_parallel_rank())
     dp, rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
     base = zero.optimizer
 
-    def reslice(parts: list[torch.Tensor], group: int, new_numel: int) -> torch.Tensor:
-        flat = torch.cat([p.flatten() for p in parts])
-        flat = flat[: flat.numel() - saved[-1]["group_paddings"][group]]
-        flat = torch.cat([flat, flat.new_zeros(new_numel * dp - flat.numel())])
-        return flat[rank * new_numel : (rank + 1) * new_numel]
+    def my_slice(flat: torch.Tensor, numel: int) -> torch.Tensor:
+        if flat.numel() > numel * dp:
+            raise ValueError(f"{ckpt}: a saved parameter group has {flat.numel()} elements, this model's "
+                             f"{numel * dp} (padded); was it written for another model?")
+        flat = torch.cat([flat, flat.new_zeros(numel * dp - flat.numel())])
+        return flat[rank * numel : (rank + 1) * numel]
 
     for g, fp32 in enumerate(zero.single_partition_of_fp32_groups):
         n = fp32.numel()
         with torch.no_grad():
-            fp32.copy_(reslice([s["single_partition_of_fp32_groups"][g] for s in saved], g, n))
+            fp32.copy_(my_slice(groups[g]["fp32"], n))
         param = base.param_groups[g]["params"][0]
-        states = [s["base_optimizer_state"]["state"].get(g, {}) for s in saved]
-        new_state = {}
-        for key, value in states[0].items():
-            if torch.is_tensor(value) and value.numel() > 1:
-                new_state[key] = reslice([st[key] for st in states], g, n).clone().to(param.device)
-            else:
-                new_state[key] = value
-        base.state[param] = new_state
-        for key, value in saved[0]["base_optimizer_state"]["param_groups"][g].items():
-            if key != "params":
-                base.param_groups[g][key] = value
+        base.state[param] = {
+            key: my_slice(value, n).clone().to(param.device) if torch.is_tensor(value) and value.numel() > 1 else value
+            for key, value in groups[g]["state"].items()
+        }
+        base.param_groups[g].update(groups[g]["settings"])
