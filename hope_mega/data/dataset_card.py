@@ -12,16 +12,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from hope_mega.data.remote import is_remote as _is_remote
+
 CARD_FILE = "dataset_card.json"
 FORMAT = "hope-mega mds v1"
 
 
 class DatasetCardError(FileNotFoundError):
     """A dataset path has no readable card."""
-
-
-def _is_remote(path: str) -> bool:
-    return "://" in path and not path.startswith("file://")
 
 
 def read_dataset_card(path: str | os.PathLike) -> dict[str, Any]:
@@ -34,20 +32,21 @@ def read_dataset_card(path: str | os.PathLike) -> dict[str, Any]:
     if path.startswith("file://"):
         path = path[len("file://"):]
     if _is_remote(path):
-        from hope_mega.data._streaming import import_streaming
+        from hope_mega.data.remote import RemoteError, download_file, require_client
 
-        import_streaming()
-        from streaming.base.storage import download_file
-
+        try:
+            require_client(path)
+        except RemoteError as err:
+            raise DatasetCardError(str(err)) from None
         with tempfile.TemporaryDirectory() as tmp:
             local = os.path.join(tmp, CARD_FILE)
             try:
                 download_file(f"{path.rstrip('/')}/{CARD_FILE}", local, 60)
-            except Exception as err:  # each object store raises its own error types
+            except RemoteError as err:
                 raise DatasetCardError(
                     f"no dataset card at {path.rstrip('/')}/{CARD_FILE} ({err}); is this an "
                     f"output of `hope-mega prep` that finished?"
-                ) from err
+                ) from None
             text = Path(local).read_text()
     else:
         card = Path(path) / CARD_FILE

@@ -313,7 +313,7 @@ def read_rows(path: str, split: str = "train") -> np.ndarray:
     from hope_mega.data._streaming import import_streaming
 
     streaming = import_streaming()
-    _, local = _split_location(str(path), split)
-    dataset = streaming.StreamingDataset(local=local, batch_size=1, shuffle=False)
+    remote, local = _split_location(str(path), split)
+    dataset = streaming.StreamingDataset(remote=remote, local=local, batch_size=1, shuffle=False)
     rows = [dataset[i]["tokens"] for i in range(dataset.num_samples)]
     return np.stack(rows) if rows else np.zeros((0, 0), np.uint16)

@@ -29,14 +29,17 @@ import shutil
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+import tempfile
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from hope_mega.data.dataset_card import CARD_FILE, FORMAT, write_json_atomic
+from hope_mega.progress import format_duration
 from hope_mega.data.readers import InputError, UnitReader, WorkUnit, expand_inputs, plan_units
+from hope_mega.data.remote import RemoteError, download_file, is_remote, join, relative_files, require_client, upload_folder
 
 SPLITS = ("train", "val")
 WORK_DIR = ".prep"
@@ -65,6 +68,9 @@ class PrepConfig:
     # Shard compression: "none" (read in place) or "zstd" (for object stores; see data_prep/README.md)
     compression: str = "none"
     quiet: bool = False
+    # Where an object-store output is built before its upload (default: under the temp folder,
+    # named from the URL, so a rerun after a crash resumes there)
+    staging: str = ""
 
     def fingerprint(self, tokenizer_hash: str) -> dict[str, Any]:
         """Everything that changes the tokens or their layout. Worker count is not part of it:
@@ -328,6 +334,8 @@ def run_prep(cfg: PrepConfig) -> dict:
     from hope_mega.data.tokenizer import load_tokenizer
 
     log = _Log(cfg.quiet)
+    if is_remote(cfg.output):
+        require_client(cfg.output)  # before any work: a missing extra costs the user nothing
     if cfg.seq_len < 1:
         raise PrepError(f"--seq-len {cfg.seq_len}: must be positive")
     if not 0 <= cfg.split_val < 1:
@@ -341,7 +349,10 @@ def run_prep(cfg: PrepConfig) -> dict:
     if tok.pad_id < 0:
         raise PrepError(f"tokenizer {cfg.tokenizer} defines no pad id (needed for the last row)")
 
+    if is_remote(cfg.output):
+        return _run_to_remote(cfg, tok, log)
     out = Path(cfg.output)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     lock = open(out / LOCK_FILE, "w")
     try:
@@ -349,12 +360,70 @@ def run_prep(cfg: PrepConfig) -> dict:
     except BlockingIOError:
         raise PrepError(f"another `hope-mega prep` is writing to {out}; wait for it to finish")
     try:
-        return _run_locked(cfg, tok, out, log)
+        return _run_locked(cfg, tok, out, log, created)
     finally:
         lock.close()
 
 
-def _run_locked(cfg: PrepConfig, tok, out: Path, log: _Log) -> dict:
+def _run_to_remote(cfg: PrepConfig, tok, log: _Log) -> dict:
+    """Prepare into a local staging folder, then upload it with the card last, so the card's
+    presence at the URL still means a finished dataset."""
+    url = cfg.output.rstrip("/")
+    inputs = _input_identity(expand_inputs(cfg.inputs))
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            download_file(join(url, CARD_FILE), Path(tmp) / CARD_FILE)
+            existing = json.loads((Path(tmp) / CARD_FILE).read_text())
+        except (RemoteError, ValueError):
+            existing = None
+    if existing is not None:
+        if existing.get("fingerprint") != cfg.fingerprint(tok.hash) or existing.get("input_identity") != inputs:
+            raise PrepError(f"{url} already holds a finished dataset made from other inputs or options; "
+                            f"choose a new --output")
+        log(f"{url} is already complete ({existing['tokens_written']} tokens); nothing to do")
+        return existing
+    digest = hashlib.sha256(url.encode()).hexdigest()[:16]
+    staging = Path(cfg.staging or os.path.join(tempfile.gettempdir(), "hope-mega-prep-staging", digest))
+    log(f"building {url} in {staging}, uploaded when complete")
+    card = run_prep(replace(cfg, output=str(staging)))
+    files = [f for f in relative_files(staging) if f.split("/")[0] not in (LOCK_FILE, WORK_DIR, CARD_FILE)]
+    t0 = time.time()
+    upload_folder(staging, url, files, last=CARD_FILE)
+    log(f"uploaded {len(files) + 1} files to {url} in {time.time() - t0:.1f}s")
+    shutil.rmtree(staging, ignore_errors=True)
+    return card
+
+
+def _discard(out: Path, created: bool) -> None:
+    """Remove what this prep wrote (all of `out` if it made the folder), so a refused dataset
+    leaves nothing that looks like a start."""
+    if created:
+        shutil.rmtree(out, ignore_errors=True)
+        return
+    shutil.rmtree(out / WORK_DIR, ignore_errors=True)
+    for name in SPLITS + (SKIP_LOG,):
+        path = out / name
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+
+
+def _nothing_to_train_on(paths: list[Path], units, keys, summaries, cfg: PrepConfig) -> str:
+    """The one-line reason a prep produced no training rows, in the user's terms."""
+    docs = {s: sum(summaries[k]["documents"][s] for k in keys) for s in SPLITS}
+    skipped = list(_absolute_skips(units, summaries, keys))
+    size = sum(p.stat().st_size for p in paths)
+    where = f"{len(paths)} input file(s), {size:,} bytes"
+    if docs["val"]:
+        return (f"all {docs['val']} documents went to the val split ({where}, --split-val {cfg.split_val}); "
+                f"give more text or a smaller --split-val")
+    if skipped:
+        path, line, reason = skipped[0]
+        where_in = "row" if path.endswith(".parquet") else "line"
+        return (f"no usable text in the inputs ({where}): all {len(skipped)} records were skipped, the first "
+                f"at {path}:{where_in} {line}: {reason}")
+    return f"no text in the inputs ({where}): every document is empty"
+
+
+def _run_locked(cfg: PrepConfig, tok, out: Path, log: _Log, created: bool = False) -> dict:
     paths = expand_inputs(cfg.inputs)
     fingerprint = cfg.fingerprint(tok.hash)
     ident = _input_identity(paths)
@@ -387,6 +456,10 @@ def _run_locked(cfg: PrepConfig, tok, out: Path, log: _Log) -> dict:
             f"{len(errors)} input file(s) could not be read in full; the other "
             f"{len(done_units)} work units are done and kept:\n  " + "\n  ".join(errors)
         )
+    if not any(summaries[k]["tokens"]["train"] for k in keys):
+        message = _nothing_to_train_on(paths, units, keys, summaries, cfg)
+        _discard(out, created)
+        raise PrepError(f"{out}: nothing written: {message}")
 
     splits = {}
     for split in SPLITS:
@@ -441,6 +514,7 @@ def _encode_pending(cfg, tok, work: Path, pending, summaries, log) -> list[str]:
     # spawn, not fork: the coordinator may hold threads (and torch) that a fork would copy.
     ctx = mp.get_context("spawn")
     t0, tokens, done = time.time(), 0, 0
+    total_weight, done_weight = sum(t[0].weight for t in tasks), 0
     with ctx.Pool(cfg.workers, initializer=_init_encode_worker,
                   initargs=(str(tok.model_path), os.getpid())) as pool:
         results = pool.imap_unordered(_encode_unit, tasks, chunksize=1)
@@ -457,9 +531,13 @@ def _encode_pending(cfg, tok, work: Path, pending, summaries, log) -> list[str]:
                 continue
             summaries[key] = result
             tokens += sum(result["tokens"].values())
+            done_weight += by_key[key].weight
+            elapsed = max(time.time() - t0, 1e-9)
+            eta = elapsed * (total_weight - done_weight) / max(done_weight, 1)
             log(f"[{done}/{len(tasks)}] {by_key[key].describe()}: "
                 f"{sum(result['documents'].values())} docs, {len(result['skipped'])} skipped, "
-                f"{tokens / max(time.time() - t0, 1e-9) / 1e6:.2f} M tokens/s so far")
+                f"{tokens / elapsed / 1e6:.2f} M tokens/s so far, {done_weight / max(total_weight, 1):.0%} of "
+                f"the input, ETA {format_duration(eta)}")
     return errors
 
 

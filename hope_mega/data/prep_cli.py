@@ -18,7 +18,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="folder made by `hope-mega tokenizer train`")
     parser.add_argument("--input", nargs="+", required=True, metavar="PATH_OR_GLOB",
                         help="input files, globs or folders")
-    parser.add_argument("--output", required=True, metavar="OUT", help="dataset folder")
+    parser.add_argument("--output", required=True, metavar="OUT",
+                        help="dataset folder, or an object-store URL (s3://bucket/path, gs://...; needs the "
+                             "hope-mega[s3] / [gcs] extra)")
+    parser.add_argument("--staging", default="", metavar="DIR",
+                        help="for a URL --output: local folder the dataset is built in before its upload "
+                             "(default: under the temp folder)")
     parser.add_argument("--seq-len", type=int, default=4096,
                         help="training context; each stored row holds seq_len+1 tokens")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
@@ -40,19 +45,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from hope_mega.data.prep import PrepConfig, PrepError, run_prep
     from hope_mega.data.readers import InputError
+    from hope_mega.data.remote import RemoteError
     from hope_mega.data.tokenizer import TokenizerError
 
     cfg = PrepConfig(
         tokenizer=args.tokenizer, inputs=args.input, output=args.output, seq_len=args.seq_len,
         workers=args.workers, text_field=args.text_field, split_val=args.split_val,
         chunk_mb=args.chunk_mb, shard_mb=args.shard_mb, compression=args.compression, quiet=args.quiet,
+        staging=args.staging,
     )
     try:
         card = run_prep(cfg)
-    except (PrepError, InputError, TokenizerError) as err:
+    except (PrepError, InputError, TokenizerError, RemoteError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(f"{args.output}: {card['tokens_written']} tokens, train {card['splits']['train']['rows']} "
           f"rows, val {card['splits']['val']['rows']} rows, {card['documents_skipped']} documents "
-          f"skipped (see {args.output}/{card['skip_log']})")
+          f"skipped (see {card['skip_log']} in {args.output})")
     return 0
