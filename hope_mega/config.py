@@ -39,6 +39,11 @@ class ModelConfig:
     n_layers: int = 4
     n_heads: int = 4
     chunk_size: int = 64  # self-modification period C, in tokens
+    # The six fast memories of the Titans mixer: "linear" matrices M(u) = u + S u (spec §2) or
+    # "mlp", the paper's residual 2-layer MLPs M(u) = u + W_1 GELU(W_2 u) (spec §2b) of hidden
+    # width memory_expansion * head_dim.
+    memory: str = "linear"
+    memory_expansion: int = 2
     conv_size: int = 4
     cms_levels: list[CMSLevel] = field(default_factory=lambda: [CMSLevel(hidden=688, period=1)])
     norm_eps: float = 1e-6
@@ -78,7 +83,29 @@ class TrainConfig:
     init_from: str = ""
     max_bad_steps: int = 5  # stop after this many non-finite steps in a row
     peak_tflops: float = 0.0  # per device, for MFU; 0 = known GPUs only (CPU: not reported)
+    # How long a collective may wait for the slowest rank before the run fails (NCCL's watchdog
+    # included). Checkpoint writes happen between collectives, so this bounds a save too.
+    collective_timeout_s: float = 1800.0
     wandb_project: str = ""
+    # adamw: CMS AdamW under DeepSpeed ZeRO; m3: M3 for the hidden-layer matrices (settings in
+    # the m3 section), its state sharded by whole matrix over the data-parallel ranks.
+    optimizer: str = "adamw"
+
+
+@dataclass
+class M3Config:
+    """Settings of the M3 optimizer (`train.optimizer: m3`, spec §5) for the hidden-layer
+    matrices; every other parameter takes AdamW with train.lr, beta1, beta2, eps, weight_decay."""
+
+    lr: float = 1e-3  # peak lr of the matrices; follows train.lr's schedule (scaled by m3.lr / train.lr)
+    beta1: float = 0.9  # fast momentum M1, every update
+    beta2: float = 0.95  # second moment V
+    beta3: float = 0.99  # slow momentum M2, every f updates
+    alpha: float = 1.0  # weight of the slow direction NS(M2)
+    f: int = 10  # slow-momentum period, in the matrix's own updates
+    ns_steps: int = 5  # Newton–Schulz iterations
+    eps: float = 1e-8
+    weight_decay: float = 0.0
 
 
 @dataclass
@@ -106,6 +133,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    m3: M3Config = field(default_factory=M3Config)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -222,7 +250,9 @@ def validate(cfg: Config) -> None:
     m, t, p = cfg.model, cfg.train, cfg.parallel
     if m.mixer not in ("titans", "attention"):
         raise ConfigError(f"model.mixer: {m.mixer!r} is not one of 'titans', 'attention'")
-    for key in ("vocab_size", "d_model", "n_layers", "n_heads", "chunk_size", "conv_size"):
+    if m.memory not in ("linear", "mlp"):
+        raise ConfigError(f"model.memory: {m.memory!r} is not one of 'linear', 'mlp'")
+    for key in ("vocab_size", "d_model", "n_layers", "n_heads", "chunk_size", "conv_size", "memory_expansion"):
         if getattr(m, key) <= 0:
             raise ConfigError(f"model.{key}: must be > 0, got {getattr(m, key)}")
     if m.d_model % m.n_heads:
@@ -252,9 +282,32 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"train.{key}: must be > 0, got {getattr(t, key)}")
     if t.global_batch % t.micro_batch:
         raise ConfigError(f"train.global_batch: {t.global_batch} is not divisible by train.micro_batch={t.micro_batch}")
+    if t.collective_timeout_s <= 0:
+        raise ConfigError(f"train.collective_timeout_s: must be > 0, got {t.collective_timeout_s}")
     if t.dtype not in ("auto", "fp32", "bf16"):
         raise ConfigError(f"train.dtype: {t.dtype!r} is not one of auto, fp32, bf16")
+    _validate_m3(cfg)
     if cfg.data.weights and len(cfg.data.weights) != len(cfg.data.paths):
         raise ConfigError(
             f"data.weights: {len(cfg.data.weights)} weights for {len(cfg.data.paths)} data.paths"
         )
+
+
+def _validate_m3(cfg: Config) -> None:
+    t, m = cfg.train, cfg.m3
+    if t.optimizer not in ("adamw", "m3"):
+        raise ConfigError(f"train.optimizer: {t.optimizer!r} is not one of adamw, m3")
+    for key in ("beta1", "beta2", "beta3"):
+        if not 0.0 <= getattr(m, key) < 1.0:
+            raise ConfigError(f"m3.{key}: must be in [0, 1), got {getattr(m, key)}")
+    for key in ("lr", "eps"):
+        if getattr(m, key) <= 0:
+            raise ConfigError(f"m3.{key}: must be > 0, got {getattr(m, key)}")
+    for key in ("alpha", "weight_decay"):
+        if getattr(m, key) < 0:
+            raise ConfigError(f"m3.{key}: must be >= 0, got {getattr(m, key)}")
+    for key in ("f", "ns_steps"):
+        if getattr(m, key) <= 0:
+            raise ConfigError(f"m3.{key}: must be > 0, got {getattr(m, key)}")
+    if t.optimizer == "m3" and t.lr <= 0:
+        raise ConfigError(f"train.lr: must be > 0 with train.optimizer=m3 (M3 scales it), got {t.lr}")
