@@ -3,9 +3,10 @@
 An exported folder holds `config.json` (a HopeConfig whose `auto_map` points at the copied model
 code), `model.safetensors` (the native state dict, same names), `configuration_hope.py` and
 `modeling_hope.py` (copied from hope_mega/convert/hf), `generation_config.json`, and with a
-tokenizer `tokenizer.model` + `tokenizer_config.json`, which transformers 5 loads as a
-LlamaTokenizer (converting the SentencePiece model at load time; that needs sentencepiece and
-protobuf). Load it with `AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)`.
+tokenizer `tokenizer.model`, `tokenizer.json` (the model converted once, with SentencePiece's
+whitespace rule) and `tokenizer_config.json`, which transformers loads as a fast tokenizer that
+encodes and decodes as SentencePiece does. Load it with
+`AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
 GENERATION_CONFIG_FILE = "generation_config.json"
 TOKENIZER_MODEL_FILE = "tokenizer.model"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+TOKENIZER_JSON_FILE = "tokenizer.json"
 TOKENIZER_CARD_FILE = "tokenizer_card.json"
 CODE_DIR = Path(__file__).resolve().parent / "hf"
 CODE_FILES = ("configuration_hope.py", "modeling_hope.py")
@@ -91,18 +93,39 @@ def _tokenizer_files(tokenizer_dir: Path, output_dir: Path, vocab_size: int) -> 
     if (tokenizer_dir / TOKENIZER_CARD_FILE).is_file():  # provenance: the hash data prep recorded
         shutil.copyfile(tokenizer_dir / TOKENIZER_CARD_FILE, output_dir / TOKENIZER_CARD_FILE)
     ids = {name: getattr(sp, f"{name}_id")() for name in ("bos", "eos", "unk", "pad")}
+    _write_tokenizer_json(output_dir)
     tok_config = {
-        "tokenizer_class": "LlamaTokenizer",
+        "tokenizer_class": "PreTrainedTokenizerFast",  # tokenizer.json as written, see below
         # Training rows carry no BOS (prep only appends EOS), so none is added here either.
         "add_bos_token": False,
         "add_eos_token": False,
         "clean_up_tokenization_spaces": False,
+        # Prep encoded "</s>" in a text as characters, never as the EOS id; so does this tokenizer.
+        "split_special_tokens": True,
     }
     for name, i in ids.items():
         if i >= 0:
             tok_config[f"{name}_token"] = sp.id_to_piece(i)
     (output_dir / TOKENIZER_CONFIG_FILE).write_text(json.dumps(tok_config, indent=2) + "\n")
     return ids
+
+
+def _write_tokenizer_json(output_dir: Path) -> None:
+    """`tokenizer.json`: the SentencePiece BPE as transformers converts it, with SentencePiece's own
+    whitespace rule. SentencePiece prefixes every text with one `▁` and turns each space into `▁`;
+    transformers' LlamaTokenizer uses Metaspace(prepend_scheme="first"), which skips the prefix
+    when the text already starts with a space, so " hi" lost a `▁` (and decoded as "hi")."""
+    import tempfile
+
+    from tokenizers import normalizers
+    from transformers import LlamaTokenizer
+
+    with tempfile.TemporaryDirectory() as alone:  # no older tokenizer files for transformers to prefer
+        shutil.copyfile(output_dir / TOKENIZER_MODEL_FILE, Path(alone) / TOKENIZER_MODEL_FILE)
+        backend = LlamaTokenizer.from_pretrained(alone).backend_tokenizer
+    backend.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    backend.pre_tokenizer = None
+    backend.save(str(output_dir / TOKENIZER_JSON_FILE))
 
 
 def export_hf(

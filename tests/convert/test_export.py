@@ -133,7 +133,7 @@ def test_tokenizer_export_loads_with_autotokenizer(tmp_path):
     native = tiny_native("titans", vocab_size=320)
     out = export_hf(native.cfg, native.state_dict(), tmp_path / "hf", tokenizer_dir=tmp_path / "tok")
     tok = AutoTokenizer.from_pretrained(out, trust_remote_code=True)
-    assert type(tok).__name__ == "LlamaTokenizer"
+    assert type(tok).__name__ == "TokenizersBackend"  # tokenizer.json as exported
     assert (tok.eos_token_id, tok.bos_token_id, tok.pad_token_id) == (sp.eos_id, sp.bos_id, sp.pad_id)
     for text in ["river engine über café", "東京 42 3.14 window\n\ngarden  token", "unseen: ßøλ"]:
         ids = tok(text)["input_ids"]
