@@ -193,7 +193,7 @@ class Trainer:
         if t.optimizer == "m3":  # M3 needs whole matrices, which ZeRO does not give: its own DP engine
             from .parallel.owner_dp import build_owner_engine
 
-            self.optimizer, self.engine = build_owner_engine(model, cfg, self.bf16)
+            self.optimizer, self.engine = build_owner_engine(model, cfg)
         else:
             self.optimizer = CMSAdamW(param_groups(model, t.weight_decay), lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps)
             self.engine = build_engine(model, self.optimizer, cfg, self.dp_size)
@@ -352,6 +352,10 @@ class Trainer:
 
     # --- the loop ----------------------------------------------------------------------------
     def save(self) -> None:
+        from .parallel import state as ps
+        from .parallel.replicas import check_replicas_identical
+
+        check_replicas_identical(self.model, ps.tp_group(), self.step)
         state = {
             "step": self.step,
             "tokens": self.tokens,
