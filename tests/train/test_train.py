@@ -8,27 +8,40 @@ import pytest
 import torch
 
 from hope_mega import checkpoint
+from hope_mega.parallel.owner_dp import saved_optimizer_state
 
 from train_launch import env, kill_tree, metrics, run_train, train_command
+
+
+# Every test runs with CMS AdamW under ZeRO-2 and with M3 on its whole-matrix engine. M3's eps is
+# near this model's gradient entries: with 1e-8 the first steps divide by |g| itself and 1e-7
+# differences in reduction order grow into different runs. f=2 makes the slow momentum act within
+# the 9 steps for every level (the period-3 level's 2nd update is at step 6).
+OPTIMIZERS = {"adamw": (), "m3": ("train.optimizer=m3", "m3.lr=1e-4", "m3.eps=1e-4", "m3.f=2")}
 
 
 def rel(a, b):
     return abs(a - b) / max(abs(a), 1e-12)
 
 
+@pytest.fixture(scope="module", params=sorted(OPTIMIZERS))
+def optimizer(request):
+    return OPTIMIZERS[request.param]
+
+
 @pytest.fixture(scope="module")
-def single(tiny_data, tmp_path_factory):
+def single(tiny_data, tmp_path_factory, optimizer):
     """The reference: one process, 9 steps, a checkpoint after every step."""
     save = tmp_path_factory.mktemp("single")
-    run_train(1, tiny_data, save, "train.save_every=1")
+    run_train(1, tiny_data, save, "train.save_every=1", *optimizer)
     return save
 
 
 @pytest.fixture(scope="module")
-def dp2(tiny_data, tmp_path_factory):
-    """Data parallel over 2 processes with ZeRO-2 at the same global batch, uninterrupted."""
+def dp2(tiny_data, tmp_path_factory, optimizer):
+    """Data parallel over 2 processes (ZeRO-2 for AdamW) at the same global batch, uninterrupted."""
     save = tmp_path_factory.mktemp("dp2")
-    run_train(2, tiny_data, save, "train.save_every=1")
+    run_train(2, tiny_data, save, "train.save_every=1", *optimizer)
     return save
 
 
@@ -53,11 +66,11 @@ def test_data_parallel_zero2_matches_single_process(single, dp2):
 
 
 @pytest.mark.parametrize("sp", [False, True], ids=["tp2", "tp2-sp"])
-def test_tensor_parallel_matches_single_process(single, tiny_data, tmp_path, sp):
+def test_tensor_parallel_matches_single_process(single, tiny_data, tmp_path, sp, optimizer):
     run_train(2, tiny_data, tmp_path, "parallel.tp=2", f"parallel.sequence_parallel={str(sp).lower()}",
-              "train.steps=3", "parallel.zero_stage=1")
+              "parallel.zero_stage=1", *optimizer)
     a, b = metrics(single), metrics(tmp_path)
-    for step in (1, 2, 3):
+    for step in range(1, 10):
         assert rel(a[step]["loss"], b[step]["loss"]) <= 1e-5, (step, a[step]["loss"], b[step]["loss"])
         assert rel(a[step]["grad_norm"], b[step]["grad_norm"]) <= 1e-4
 
@@ -73,10 +86,10 @@ def test_cms_level_with_period_3_changes_only_every_third_step(single):
         assert all(not torch.equal(states[step][k], states[step - 1][k]) for k in fast)
 
 
-def test_kill_9_and_restart_continues_exactly(dp2, tiny_data, tmp_path):
+def test_kill_9_and_restart_continues_exactly(dp2, tiny_data, tmp_path, optimizer):
     """Kill -9 a DP=2 run mid-way, cut its newest checkpoint short, restart the same command."""
     kill_after = 4 + int(time.time()) % 3  # a step in 4..6: mid-period for the period-3 level
-    cmd = train_command(2, tiny_data, tmp_path, "train.save_every=1")
+    cmd = train_command(2, tiny_data, tmp_path, "train.save_every=1", *optimizer)
     proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     deadline = time.time() + 600
@@ -92,7 +105,7 @@ def test_kill_9_and_restart_continues_exactly(dp2, tiny_data, tmp_path):
     victim.write_bytes(victim.read_bytes()[:100])
     resumed_from = int(checkpoint.list_checkpoints(tmp_path)[1].name.split("_")[1])
 
-    out = run_train(2, tiny_data, tmp_path, "train.save_every=1")
+    out = run_train(2, tiny_data, tmp_path, "train.save_every=1", *optimizer)
     assert f"ignoring checkpoint {newest}: file mp_rank_00_model_states.pt has 100 bytes" in out.stdout
     assert f"resumed from {tmp_path / checkpoint.tag_for(resumed_from)} at step {resumed_from}" in out.stdout
 
@@ -107,6 +120,23 @@ def test_kill_9_and_restart_continues_exactly(dp2, tiny_data, tmp_path):
     for key, value in final_a.items():
         if torch.is_tensor(value):
             assert torch.equal(value, final_b[key]), key
+    if optimizer:
+        assert_same_m3_state(dp2 / checkpoint.tag_for(9), tmp_path / checkpoint.tag_for(9))
+
+
+def assert_same_m3_state(a, b):
+    """Every M3 and AdamW state of every tensor (moments, slow momentum and its NS, period sums,
+    counters) bitwise equal, whatever DP size wrote each checkpoint."""
+    (steps_a, state_a), (steps_b, state_b) = saved_optimizer_state(a), saved_optimizer_state(b)
+    assert steps_a == steps_b
+    assert state_a.keys() == state_b.keys()
+    kinds = set()
+    for name, entry in state_a.items():
+        assert entry.keys() == state_b[name].keys(), name
+        kinds.add(frozenset(entry))
+        for key, value in entry.items():
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(state_b[name][key])), (name, key)
+    assert any("slow_orth" in k for k in kinds) and any("grad_acc" in k for k in kinds), kinds
 
 
 def test_cut_short_checkpoint_is_ignored_with_a_message(single, tmp_path):
@@ -122,17 +152,29 @@ def test_cut_short_checkpoint_is_ignored_with_a_message(single, tmp_path):
     assert messages[1].endswith("no manifest.json (the save did not finish)")
 
 
-def test_resume_with_another_data_parallel_size(dp2, tiny_data, tmp_path):
-    """A DP=2 ZeRO-2 checkpoint resumed by one process: the ZeRO optimizer state (Adam moments,
-    CMS accumulators mid-period) is re-cut for DP=1 and the data order goes on unchanged."""
+def test_resume_with_another_data_parallel_size(dp2, tiny_data, tmp_path, optimizer):
+    """A DP=2 checkpoint resumed by one process: the optimizer state (Adam moments, CMS
+    accumulators mid-period; ZeRO-2's partitions re-cut, M3's tensors re-assigned to owners) goes
+    to DP=1 and the data order goes on unchanged."""
     shutil.copytree(dp2 / checkpoint.tag_for(4), tmp_path / checkpoint.tag_for(4))
-    out = run_train(1, tiny_data, tmp_path)
+    out = run_train(1, tiny_data, tmp_path, *optimizer)
     assert f"resumed from {tmp_path / checkpoint.tag_for(4)} at step 4" in out.stdout
     a, b = metrics(dp2), metrics(tmp_path)
     assert sorted(b) == list(range(5, 10))
     for step in range(5, 10):
         assert a[step]["data_digest"] == b[step]["data_digest"], f"step {step}: different samples"
         assert rel(a[step]["loss"], b[step]["loss"]) <= 1e-5, (step, a[step]["loss"], b[step]["loss"])
+    if optimizer:
+        # What the DP=1 resume restored, written straight back: every M3 state and weight as saved.
+        from test_state_exact import run_probe
+
+        run_dir, out = tmp_path / "resume", tmp_path / "resaved"
+        shutil.copytree(dp2 / checkpoint.tag_for(4), run_dir / checkpoint.tag_for(4))
+        run_probe(1, f"resave={out}", tiny_data, run_dir, "train.steps=4", *optimizer)
+        assert_same_m3_state(dp2 / checkpoint.tag_for(4), out / checkpoint.tag_for(4))
+        saved, resaved = model_states(dp2 / checkpoint.tag_for(4)), model_states(out / checkpoint.tag_for(4))
+        assert saved.keys() == resaved.keys()
+        assert all(torch.equal(v, resaved[k]) for k, v in saved.items() if torch.is_tensor(v))
 
 
 def test_start_from_converted_weights_at_another_tp_size(single, tiny_data, tmp_path):
