@@ -58,6 +58,13 @@ def flops_per_token(cfg: ModelConfig, seq_len: int) -> dict[str, float]:
         # the per-chunk w + S^T w of eta and alpha (4D^2 / C); within the chunk K K^T, Q K^T and the
         # intra-chunk output (3 x 2CD) and the triangular solve over 6D values (C M D).
         recurrence = (8 + 6 * M) * D * D + 4 * D * D / C + 6 * C * D + C * M * D
+        if cfg.memory == "mlp":
+            # MLP memories (titans_mlp/chunk.py), each read u + W_1 GELU(W_2 u) costing 4 D h: the
+            # reads of k, v, q, eta, alpha (5) and the six v_hat and M(k) (12); δ = W_1ᵀ r and the
+            # chunk-end W_1, W_2 sums (3 x 2 M D h); the output's W_2 q and W_1 GELU(Z) (4 D h);
+            # and its [C x C] products Q Kᵀ, (·) δ, GELU(Z) aᵀ, (·) r (4 C D + 4 C h).
+            h = cfg.memory_expansion * D
+            recurrence = (17 * 4 + 6 * M + 4) * D * h + 4 * C * D + 4 * C * h
         per_layer["titans.recurrence"] = H * recurrence
     else:
         per_layer["attention.projections"] = 2 * d * 3 * H * D + 2 * H * D * d
@@ -81,13 +88,14 @@ def titans_state_bytes(cfg: Config) -> dict[str, int]:
     """
     m, t = cfg.model, cfg.train
     slots = -(-t.seq_len // m.chunk_size) + 1
-    per_layer = slots * (m.n_heads // cfg.parallel.tp) * len(MEMORIES) * m.head_dim**2 * 4
+    memory = m.head_dim**2 if m.memory == "linear" else 2 * m.head_dim * m.memory_expansion * m.head_dim
+    per_layer = slots * (m.n_heads // cfg.parallel.tp) * len(MEMORIES) * memory * 4
     return {"per_layer_and_sequence": per_layer,
             "per_micro_batch": per_layer * m.n_layers * t.micro_batch,
             "per_micro_batch_checkpointed": per_layer * t.micro_batch}
 
 
-def describe(cfg: Config) -> str:
+def describe(cfg: Config, gpus: int = 8, doc_len: int | None = None) -> str:
     lines = [f"# {cfg.model.name}: mixer={cfg.model.mixer} d_model={cfg.model.d_model} "
              f"n_layers={cfg.model.n_layers} n_heads={cfg.model.n_heads} head_dim={cfg.model.head_dim}"]
     counts = parameter_counts(cfg.model)
@@ -99,10 +107,15 @@ def describe(cfg: Config) -> str:
     for name, f in flops.items():
         lines.append(f"flops.{name}: {f:.4g}")
     if cfg.model.mixer == "titans":
-        lines.append(f"# Titans boundary states kept for the backward on GPU (fused path), per GPU at tp="
+        path = ("fused path" if cfg.model.memory == "linear"
+                else "MLP memories: the chunk-start weights the torch chunk path keeps; its other activations come on top")
+        lines.append(f"# Titans boundary states kept for the backward on GPU ({path}), per GPU at tp="
                      f"{cfg.parallel.tp}, micro_batch={cfg.train.micro_batch}")
         for name, b in titans_state_bytes(cfg).items():
             lines.append(f"titans_states.{name}: {b / 2**30:.3f} GiB")
+    from .memory_estimate import describe_estimate
+
+    lines.extend(describe_estimate(cfg, gpus, doc_len))
     lines.append(f"total_params: {counts['total_params']}")
     return "\n".join(lines)
 
@@ -110,10 +123,13 @@ def describe(cfg: Config) -> str:
 def register(subparsers) -> None:
     p = subparsers.add_parser("params", help="parameter count per component and FLOPs per token")
     p.add_argument("--config", required=True, help="YAML config file")
+    p.add_argument("--gpus", type=int, default=8, help="GPUs of the run, for the memory estimate (default 8)")
+    p.add_argument("--doc-len", type=int, default=None,
+                   help="document length for the memory estimate's boundary states (default: one per row)")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     p.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
-    print(describe(load_config(args.config, args.overrides)))
+    print(describe(load_config(args.config, args.overrides), args.gpus, args.doc_len))
     return 0

@@ -13,9 +13,15 @@ set -u
 # one-machine test (and hosts known by several names) try to host it.
 is_host=0
 [ "${SLURM_NODEID:-0}" = 0 ] && is_host=1
-echo "node ${SLURMD_NODENAME:-$(hostname -s)} (node id ${SLURM_NODEID:-0}): torchrun with $GPUS_PER_NODE processes, rendezvous $RDZV_ADDR:$RDZV_PORT"
+# The workers of every node reach rank 0's node at the address its torchrun announces (their
+# MASTER_ADDR). Unless told, torchrun announces its host's FQDN, which need not resolve on the
+# other nodes; this node's NodeAddr is what slurmd itself is reached at.
+node=${SLURMD_NODENAME:-$(hostname -s)}
+node_addr=${NODE_ADDR:-$(scontrol show node "$node" 2>/dev/null | sed -n 's/.*NodeAddr=\([^ ]*\).*/\1/p')}
+node_addr=${node_addr:-$(hostname -s)}
+echo "node $node (node id ${SLURM_NODEID:-0}, address $node_addr): torchrun with $GPUS_PER_NODE processes, rendezvous $RDZV_ADDR:$RDZV_PORT"
 exec "$PYTHON" -m torch.distributed.run \
     --nnodes="$RDZV_NNODES" --nproc-per-node="$GPUS_PER_NODE" \
     --rdzv-backend=c10d --rdzv-endpoint="$RDZV_ADDR:$RDZV_PORT" --rdzv-id="hope-$SLURM_JOB_ID" \
-    --rdzv-conf="is_host=$is_host" --max-restarts=0 \
+    --rdzv-conf="is_host=$is_host" --local-addr="$node_addr" --max-restarts=0 \
     --no-python bash "$(dirname "$0")/worker.sh" "$@"

@@ -5,8 +5,8 @@
 Runs the trainer's own checks (`hope_mega.train.preflight`: world size vs parallel.tp, global
 batch vs micro batch x data-parallel size, dataset cards and tokenizer, save dir writable) with
 the world size the job is about to launch, plus what would otherwise fail only after every rank
-has started: too few GPUs visible on the node, a checkpoint to resume from written with another
-parallel.tp. On success prints shell assignments for the launcher (PREFLIGHT_SAVE_DIR,
+has started: GPUs allocated but a torch that cannot use them, too few GPUs visible on the node, a
+checkpoint to resume from written with another parallel.tp. On success prints shell assignments for the launcher (PREFLIGHT_SAVE_DIR,
 PREFLIGHT_STEPS) and exits 0; otherwise prints one line `preflight: error: ...` on stderr and
 exits 2.
 """
@@ -26,6 +26,9 @@ def check(config: str, overrides: list[str], world_size: int, gpus_per_node: int
         raise PreflightError(f"world size {world_size} with {gpus_per_node} processes per node: nothing to launch")
     cfg = load_config(config, overrides)
     preflight(cfg, world_size)
+    from hope_mega.device import require_gpu_if_requested
+
+    require_gpu_if_requested()  # a CPU-only torch on a GPU allocation would train on the CPU
     import torch
 
     if torch.cuda.is_available() and torch.cuda.device_count() < gpus_per_node:

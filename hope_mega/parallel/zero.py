@@ -69,6 +69,10 @@ def _skip_cpu_shm_build() -> None:
         module.build_shm_op = lambda: None
 
 
+# Elements per gradient reduce / all-gather bucket (DeepSpeed's default is 5e8: 2 GB of fp32 each).
+GRADIENT_BUCKET_ELEMENTS = 50_000_000
+
+
 def deepspeed_config(cfg: Config, dp_size: int) -> dict:
     t, p = cfg.train, cfg.parallel
     if p.zero_stage == 3:
@@ -86,7 +90,9 @@ def deepspeed_config(cfg: Config, dp_size: int) -> dict:
         "train_micro_batch_size_per_gpu": t.micro_batch,
         "gradient_accumulation_steps": t.global_batch // (t.micro_batch * dp_size),
         "gradient_clipping": t.grad_clip,
-        "zero_optimization": {"stage": p.zero_stage, "overlap_comm": False, "contiguous_gradients": False},
+        "zero_optimization": {"stage": p.zero_stage, "overlap_comm": False, "contiguous_gradients": False,
+                              "reduce_bucket_size": GRADIENT_BUCKET_ELEMENTS,
+                              "allgather_bucket_size": GRADIENT_BUCKET_ELEMENTS},
         "bf16": {"enabled": False},  # see the module docstring: bf16 is autocast, parameters stay fp32
         "communication_data_type": "fp32",
         "steps_per_print": 1 << 30,

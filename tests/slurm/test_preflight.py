@@ -121,3 +121,27 @@ def test_checkpoint_written_with_another_tp(capsys, tiny_data, tmp_path):
     code, out, err = run(capsys, 2, *base(tiny_data, tmp_path / "save"))
     assert code == 0 and err == f"ignoring checkpoint {ckpt}: file trainer_state.json has {len(state) - 1} bytes, " \
                                 f"the manifest says {len(state)}\n", err
+
+
+@pytest.mark.parametrize("variable, value", [("SLURM_GPUS_PER_NODE", "h100:8"), ("SLURM_JOB_GPUS", "0,1"),
+                                             ("CUDA_VISIBLE_DEVICES", "0")])
+def test_gpus_requested_but_torch_sees_none_is_refused(capsys, monkeypatch, tiny_data, tmp_path, variable, value):
+    """A CPU-only torch on a GPU allocation would train in fp32 on the CPU; this machine has no GPU,
+    which is exactly the situation, so nothing is mocked."""
+    import torch
+
+    assert not torch.cuda.is_available()
+    monkeypatch.setenv(variable, value)
+    code, out, err = run(capsys, 2, *base(tiny_data, tmp_path))
+    assert code == 2 and out == ""
+    assert err.strip().startswith(f"preflight: error: GPUs were requested ({variable}={value}) but torch ")
+    assert "sees none" in err and len(err.strip().splitlines()) == 1
+
+
+def test_no_gpu_request_runs_on_the_cpu(capsys, monkeypatch, tiny_data, tmp_path):
+    for variable in ("SLURM_GPUS_PER_NODE", "SLURM_JOB_GPUS", "SLURM_STEP_GPUS", "SLURM_GPUS_ON_NODE"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.setenv("SLURM_GPUS_PER_NODE", "0")
+    code, out, err = run(capsys, 2, *base(tiny_data, tmp_path))
+    assert code == 0, err
