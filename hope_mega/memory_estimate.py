@@ -116,9 +116,13 @@ def estimate(cfg: Config, gpus: int, doc_len: int | None = None) -> dict[str, fl
     states = boundary_state_bytes_per_sequence(cfg, doc_len) * t.micro_batch if m.mixer == "titans" else 0.0
     head = t.micro_batch * t.seq_len * (m.vocab_size / p.tp) * (2 + 4 + 4)  # bf16 logits, fp32 copy, softmax
     if p.activation_checkpointing:
-        out["activations"] = m.n_layers * tokens * m.d_model * 4 + layer + states
+        out["activations"] = m.n_layers * tokens * m.d_model * 4 + layer
+        if states:
+            out["titans_boundary_states"] = states
     else:
-        out["activations"] = m.n_layers * (layer + states)
+        out["activations"] = m.n_layers * layer
+        if states:
+            out["titans_boundary_states"] = m.n_layers * states
     out["lm_head_logits"] = head
     out["total"] = sum(out.values())
     return out

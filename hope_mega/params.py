@@ -78,23 +78,6 @@ def flops_per_token(cfg: ModelConfig, seq_len: int) -> dict[str, float]:
     return out
 
 
-def titans_state_bytes(cfg: Config) -> dict[str, int]:
-    """Bytes of Titans chunk-boundary states the fused GPU path keeps for the backward, per GPU.
-
-    One fp32 [6, d_h, d_h] state per head, chunk start and sequence end (fused.py), for this rank's
-    heads (n_heads / tp), per layer and sequence at train.seq_len; a packed row holds more
-    sequences, and so more final states, but no more chunks. With activation checkpointing only
-    the layer being recomputed holds them.
-    """
-    m, t = cfg.model, cfg.train
-    slots = -(-t.seq_len // m.chunk_size) + 1
-    memory = m.head_dim**2 if m.memory == "linear" else 2 * m.head_dim * m.memory_expansion * m.head_dim
-    per_layer = slots * (m.n_heads // cfg.parallel.tp) * len(MEMORIES) * memory * 4
-    return {"per_layer_and_sequence": per_layer,
-            "per_micro_batch": per_layer * m.n_layers * t.micro_batch,
-            "per_micro_batch_checkpointed": per_layer * t.micro_batch}
-
-
 def describe(cfg: Config, gpus: int = 8, doc_len: int | None = None) -> str:
     lines = [f"# {cfg.model.name}: mixer={cfg.model.mixer} d_model={cfg.model.d_model} "
              f"n_layers={cfg.model.n_layers} n_heads={cfg.model.n_heads} head_dim={cfg.model.head_dim}"]
@@ -106,13 +89,6 @@ def describe(cfg: Config, gpus: int = 8, doc_len: int | None = None) -> str:
     lines.append(f"# training FLOPs per token (fwd+bwd) at seq_len={cfg.train.seq_len}")
     for name, f in flops.items():
         lines.append(f"flops.{name}: {f:.4g}")
-    if cfg.model.mixer == "titans":
-        path = ("fused path" if cfg.model.memory == "linear"
-                else "MLP memories: the chunk-start weights the torch chunk path keeps; its other activations come on top")
-        lines.append(f"# Titans boundary states kept for the backward on GPU ({path}), per GPU at tp="
-                     f"{cfg.parallel.tp}, micro_batch={cfg.train.micro_batch}")
-        for name, b in titans_state_bytes(cfg).items():
-            lines.append(f"titans_states.{name}: {b / 2**30:.3f} GiB")
     from .memory_estimate import describe_estimate
 
     lines.extend(describe_estimate(cfg, gpus, doc_len))

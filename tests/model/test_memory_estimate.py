@@ -25,7 +25,7 @@ def test_hope_760m_at_micro_batch_4_without_checkpointing_does_not_fit():
     # The configuration this project once shipped: ~120 GB of activations at 4 x 4096.
     cfg = load_config(CONFIGS[0].with_name("hope-760m.yaml"), ["train.micro_batch=4"])
     est = estimate(cfg, gpus=8)
-    assert est["total"] > BUDGET and est["activations"] > 70 * GIB
+    assert est["total"] > BUDGET and est["activations"] + est["titans_boundary_states"] > 70 * GIB
     checkpointed = estimate(load_config(CONFIGS[0].with_name("hope-760m.yaml"),
                                         ["train.micro_batch=4", "parallel.activation_checkpointing=true"]), gpus=8)
     assert checkpointed["total"] < 20 * GIB and checkpointed["weights"] == est["weights"]

@@ -4,7 +4,7 @@ import pytest
 
 from hope_mega.cli import main
 from hope_mega.config import load_config
-from hope_mega.params import flops_per_token, parameter_counts, titans_state_bytes
+from hope_mega.params import flops_per_token, parameter_counts
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -50,21 +50,26 @@ def test_flops_count_the_recurrence():
     assert flops["titans.recurrence"] == pytest.approx(3 * 24 * H * per_head)
 
 
-def test_titans_boundary_state_memory_of_the_fused_path(capsys):
-    from hope_mega.ops.fused import _layout
+def test_boundary_state_estimate_matches_the_fused_paths_layout(capsys):
+    """The estimate's boundary states are the fused op's own buffer: n_slots x H x 6 x D x D fp32,
+    where every packed document has its own chunk grid and final state."""
+    import torch
+
+    from hope_mega.memory_estimate import boundary_state_bytes_per_sequence
+    from hope_mega.ops.titans_linear.fused import _layout
 
     cfg = load_config(CONFIGS / "hope-760m.yaml")
-    # The fused op's own buffer for one sequence of seq_len: n_slots x H x 6 x D x D fp32.
-    _, _, _, n_slots = _layout(1, cfg.train.seq_len, cfg.model.chunk_size, None, "cpu")
-    per_seq = n_slots * cfg.model.n_heads * 6 * cfg.model.head_dim**2 * 4
-    assert per_seq == 65 * 12 * 6 * 128 * 128 * 4
-    got = titans_state_bytes(cfg)
-    assert got["per_layer_and_sequence"] == per_seq
-    assert got["per_micro_batch"] == per_seq * 24 * 4
-    assert got["per_micro_batch_checkpointed"] == per_seq * 4
+    T, C, H, D = cfg.train.seq_len, cfg.model.chunk_size, cfg.model.n_heads, cfg.model.head_dim
+    for doc_len in (None, 512, 100, C):
+        L = doc_len or T
+        docs = [L] * (T // L) + ([T % L] if T % L else [])
+        cu = torch.tensor([0] + [sum(docs[: i + 1]) for i in range(len(docs))])
+        n_slots = _layout(1, T, C, cu if doc_len else None, "cpu")[3]
+        expected = n_slots * H * 6 * D * D * 4
+        assert boundary_state_bytes_per_sequence(cfg, doc_len) == pytest.approx(expected, rel=0.02), doc_len
     tp2 = load_config(CONFIGS / "hope-760m.yaml", ["parallel.tp=2"])
-    assert titans_state_bytes(tp2)["per_layer_and_sequence"] == per_seq // 2
+    assert boundary_state_bytes_per_sequence(tp2) * 2 == boundary_state_bytes_per_sequence(cfg)
     assert main(["params", "--config", str(CONFIGS / "hope-760m.yaml")]) == 0
-    assert "titans_states.per_micro_batch: 27.422 GiB" in capsys.readouterr().out
+    assert "memory.titans_boundary_states: " in capsys.readouterr().out
     assert main(["params", "--config", str(CONFIGS / "transformer-760m.yaml")]) == 0
-    assert "titans_states" not in capsys.readouterr().out
+    assert "titans_boundary_states" not in capsys.readouterr().out
