@@ -97,14 +97,17 @@ class M3Config:
     """Settings of the M3 optimizer (`train.optimizer: m3`, spec §5) for the hidden-layer
     matrices; every other parameter takes AdamW with train.lr, beta1, beta2, eps, weight_decay."""
 
-    lr: float = 1e-3  # peak lr of the matrices; follows train.lr's schedule (scaled by m3.lr / train.lr)
+    # Peak lr of the matrices, on train.lr's schedule (scaled by m3.lr / train.lr). Not AdamW's:
+    # the update is an orthogonal matrix divided by sqrt(V), so its entries are ~1/|g| (BENCHMARKS.md).
+    lr: float = 1e-5
     beta1: float = 0.9  # fast momentum M1, every update
     beta2: float = 0.95  # second moment V
     beta3: float = 0.99  # slow momentum M2, every f updates
     alpha: float = 1.0  # weight of the slow direction NS(M2)
     f: int = 10  # slow-momentum period, in the matrix's own updates
     ns_steps: int = 5  # Newton–Schulz iterations
-    eps: float = 1e-8
+    # Near the gradient entries, not Adam's 1e-8: the first update divides by |g| itself.
+    eps: float = 1e-4
     weight_decay: float = 0.0
 
 
