@@ -39,14 +39,19 @@ class LoaderError(ValueError):
     """The loader was asked for something inconsistent; the message names the argument."""
 
 
-def _split_location(path: str, split: str) -> tuple[str | None, str]:
-    """(remote, local) for streaming: local folders are read in place, remote ones cached."""
+def _split_location(path: str, split: str, card: dict | None = None) -> tuple[str | None, str]:
+    """(remote, local) for streaming: local folders are read in place, remote ones cached in a
+    folder named from the URL and the dataset's card, so a dataset replaced under the same URL is
+    fetched again instead of read stale from the cache."""
     if path.startswith("file://"):
         path = path[len("file://"):]
     if _is_remote(path):
         root = os.environ.get("HOPE_MEGA_DATA_CACHE",
                               os.path.join(tempfile.gettempdir(), "hope-mega-data-cache"))
-        digest = hashlib.sha256(path.rstrip("/").encode()).hexdigest()[:16]
+        card = card if card is not None else read_dataset_card(path)
+        identity = json.dumps([path.rstrip("/"), card.get("fingerprint"), card.get("input_identity"),
+                               card.get("tokens_written")], sort_keys=True)
+        digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
         return f"{path.rstrip('/')}/{split}", os.path.join(root, digest, split)
     local = os.path.join(path, split)
     if not os.path.isfile(os.path.join(local, "index.json")):
@@ -285,7 +290,7 @@ def build_train_loader(
     streaming.base.util.clean_stale_shared_memory()  # a barrier: every rank must call it
     streams = []
     for i, path in enumerate(paths):
-        remote, local = _split_location(path, split)
+        remote, local = _split_location(path, split, cards[i])
         proportion = None if weights is None else weights[i] / sum(weights)
         streams.append(streaming.Stream(remote=remote, local=local, proportion=proportion))
     dataset = TokenRowDataset(

@@ -91,6 +91,12 @@ def test_prep_to_s3_writes_the_same_rows_card_last(s3, remote_data, tiny_data):
         assert remote[key] == local[key], key
     for split in ("train", "val"):
         assert np.array_equal(read_rows(remote_data, split), read_rows(str(tiny_data / "data"), split)), split
+    # The node cache is named from the URL and the card: a dataset made again there is fetched again.
+    from hope_mega.data.loader import _split_location
+
+    where = _split_location(remote_data, "train", remote)
+    assert where == (f"{remote_data}/train", where[1]) and _split_location(remote_data, "train") == where
+    assert _split_location(remote_data, "train", {**remote, "tokens_written": 1})[1] != where[1]
     # A rerun finds the finished dataset and does nothing.
     last_modified = s3.head_object(Bucket=BUCKET, Key="tiny/dataset_card.json")["LastModified"]
     assert main(["prep", "--tokenizer", str(tiny_data / "tok"), "--input", str(tiny_data / "corpus.jsonl"),
