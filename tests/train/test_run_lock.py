@@ -109,10 +109,13 @@ def _alive(pid: int) -> bool:
 
 
 def test_ranks_checkpoint_and_exit_when_torchrun_is_killed(tiny_data, tmp_path):
-    launcher = subprocess.Popen(train_command(2, tiny_data, tmp_path, "train.steps=100000"), env=env(),
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    run = tmp_path / "run"
+    log = open(tmp_path / "launch.log", "w")  # a file, not a pipe: nobody reads while the ranks run
+    launcher = subprocess.Popen(train_command(2, tiny_data, run, "train.steps=100000"), env=env(),
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    ranks = []
     try:
-        _wait_for_step(tmp_path, 2, launcher)
+        _wait_for_step(run, 2, launcher)
         ranks = _children(launcher.pid)
         assert len(ranks) == 2
         launcher.kill()  # the launcher alone, as `kill -9 <torchrun pid>` does
@@ -123,15 +126,16 @@ def test_ranks_checkpoint_and_exit_when_torchrun_is_killed(tiny_data, tmp_path):
             time.sleep(0.1)
     finally:
         kill_tree(launcher.pid)
-        for r in ranks if "ranks" in locals() else []:
+        for r in ranks:
             kill_tree(r)
-    output = launcher.stdout.read()
+    log.close()
+    output = (tmp_path / "launch.log").read_text()
     assert "launcher (pid" in output and "checkpointing and stopping" in output
-    saved = checkpoint.list_checkpoints(tmp_path)
+    saved = checkpoint.list_checkpoints(run)
     assert saved, output[-3000:]
     stopped_at = json.loads((saved[0] / checkpoint.TRAINER_STATE).read_text())["step"]
     assert stopped_at >= 2
-    out = run_train(2, tiny_data, tmp_path, f"train.steps={stopped_at + 1}")
+    out = run_train(2, tiny_data, run, f"train.steps={stopped_at + 1}")
     assert f"resumed from {saved[0]} at step {stopped_at}" in out.stdout
 
 
