@@ -98,37 +98,36 @@ class M3(SkippableSteps, torch.optim.Optimizer):
         return loss
 
     def _m3_update(self, p, grad, state, group) -> None:
-        beta1, beta2 = group["betas"]
-        lr = group["lr"] * group["lr_scale"]
-        state["step"] += 1
-        t = state["step"]
-        state["exp_avg"].lerp_(grad, 1 - beta1)
-        state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        t, denom = self._second_moment_step(grad, state, group)
         state["slow_sum"].add_(grad)
         if t % group["f"] == 0:
             state["slow_avg"].mul_(group["beta3"]).add_(state["slow_sum"], alpha=1 - group["beta3"])
             state["slow_sum"].zero_()
             state["slow_orth"].copy_(self.orthogonalize(p, state["slow_avg"], group["ns_steps"]))
         fast = self.orthogonalize(p, state["exp_avg"], group["ns_steps"])
-        direction = fast.add_(state["slow_orth"], alpha=group["alpha"])
-        denom = (state["exp_avg_sq"] / (1 - beta2**t)).sqrt_().add_(group["eps"])
-        if group["weight_decay"]:
-            p.mul_(1 - lr * group["weight_decay"])
-        p.addcdiv_(direction.to(p.dtype), denom.to(p.dtype), value=-lr)
+        self._apply(p, fast.add_(state["slow_orth"], alpha=group["alpha"]), denom, group, 1.0)
+
+    def _adamw_update(self, p, grad, state, group) -> None:
+        """The CMSAdamW step (hope_mega.optim.cms_adamw), for the non-matrix parameters."""
+        t, denom = self._second_moment_step(grad, state, group)
+        self._apply(p, state["exp_avg"], denom, group, 1 / (1 - group["betas"][0] ** t))
 
     @staticmethod
-    def _adamw_update(p, grad, state, group) -> None:
-        """The CMSAdamW step (hope_mega.optim.cms_adamw), for the non-matrix parameters."""
+    def _second_moment_step(grad, state, group) -> tuple[int, torch.Tensor]:
+        """Count the update, fold g into M1 and V; returns t and sqrt(V / (1 - b2^t)) + eps."""
         beta1, beta2 = group["betas"]
-        lr = group["lr"] * group["lr_scale"]
         state["step"] += 1
         t = state["step"]
         state["exp_avg"].lerp_(grad, 1 - beta1)
         state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        denom = (state["exp_avg_sq"] / (1 - beta2**t)).sqrt_().add_(group["eps"])
+        return t, (state["exp_avg_sq"] / (1 - beta2**t)).sqrt_().add_(group["eps"])
+
+    @staticmethod
+    def _apply(p, direction, denom, group, scale: float) -> None:
+        lr = group["lr"] * group["lr_scale"]
         if group["weight_decay"]:
             p.mul_(1 - lr * group["weight_decay"])
-        p.addcdiv_(state["exp_avg"].to(p.dtype), denom.to(p.dtype), value=-lr / (1 - beta1**t))
+        p.addcdiv_(direction.to(p.dtype), denom.to(p.dtype), value=-lr * scale)
 
 
 def m3_param_groups(named_params, cfg) -> list[dict]:
