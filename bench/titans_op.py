@@ -5,6 +5,10 @@ CPU (`--device cpu`, the default without a GPU):
   1. fwd+bwd of `titans_reference` vs `titans_chunk` at T (one sequence), as a ratio;
   2. fwd+bwd of one Titans mixer next to one causal-attention mixer of the same width at
      T = 1K, 2K, 4K, 8K, so the growth with T is visible (linear vs quadratic).
+    python bench/titans_op.py --device cpu --memory mlp [--T 2048 --heads 4 --head-dim 64]
+  the MLP memories (spec §2b, hidden width --memory-expansion x d_h): 1. fwd+bwd of
+  `titans_mlp_reference` vs `titans_mlp_chunk` at T; 2. fwd+bwd of the MLP chunk op next to the
+  matrix-memory chunk op at T = 1K, 2K, 4K, 8K, same process.
 
 GPU (`--device cuda`):
     python bench/titans_op.py --device cuda [--check]
@@ -16,6 +20,9 @@ GPU (`--device cuda`):
   costs) and `sdpa` (causal softmax attention, same heads, torch SDPA: flash attention on H100).
   Each shape line ends with fused/fla_gdn and fused/sdpa time ratios. `--check` adds the fused op's
   relative RMS errors against the chunk path (fla's test metric) on every shape.
+    python bench/titans_op.py --device cuda --memory mlp
+  the MLP chunk op (`mlp_chunk`, torch) beside the matrix-memory fused op at hope-mlp-760m's shapes
+  (H = 16, d_h = 64, hidden 128, C = 64), T = 4K and 16K.
 
     python bench/titans_op.py --whole-model --device cuda
   Whole-model training tokens/s, peak memory and Hope-aware MFU of hope-760m and transformer-760m
@@ -49,6 +56,8 @@ def parse_args():
     p.add_argument("--heads", type=int, nargs="*", help="default: 12 16 on cuda (760M, 1.3B), 4 on cpu")
     p.add_argument("--head-dim", type=int, help="default: 128 on cuda, 64 on cpu")
     p.add_argument("--chunk-size", type=int, default=64)
+    p.add_argument("--memory", choices=["linear", "mlp"], default="linear", help="the Titans memories to time")
+    p.add_argument("--memory-expansion", type=int, default=2, help="mlp: hidden width / d_h")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--dtype", choices=["bfloat16", "float32"], default=None, help="input dtype (default bf16 on cuda)")
     p.add_argument("--repeats", type=int, default=None)
@@ -77,7 +86,7 @@ if args.interpret:
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from hope_mega.ops import titans_chunk, titans_reference  # noqa: E402
+from hope_mega.ops import titans_chunk, titans_mlp_chunk, titans_mlp_reference, titans_reference  # noqa: E402
 
 NAMES = ["u_q", "u_k", "u_v", "u_eta", "u_alpha", "s0", "w_eta", "b_eta", "w_alpha", "b_alpha", "a_log"]
 
@@ -87,8 +96,9 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def op_inputs(B, T, H, D, dtype=torch.float32, device="cpu", seed=0):
-    """The op's 11 inputs at the scales a trained layer sees (unit-ish u, small initial states)."""
+def op_inputs(B, T, H, D, dtype=torch.float32, device="cpu", seed=0, hidden=None):
+    """The op's 11 inputs at the scales a trained layer sees (unit-ish u, small initial states);
+    with `hidden`, MLP memories: W_1 small, W_2 ~ N(0, 1/d_h) as the model initialises it."""
     g = torch.Generator().manual_seed(seed)
 
     def rand(*shape, scale=1.0):
@@ -96,7 +106,8 @@ def op_inputs(B, T, H, D, dtype=torch.float32, device="cpu", seed=0):
 
     us = [rand(B, T, H, D, scale=D**-0.5 * 3).to(dtype) for _ in range(5)]
     params = [
-        rand(H, 6, D, D, scale=0.02),  # s0
+        rand(H, 6, D, D, scale=0.02) if hidden is None  # s0
+        else torch.stack([rand(H, 6, D, hidden, scale=0.02), rand(H, 6, D, hidden, scale=D**-0.5)], 2),
         rand(H, D, scale=D**-0.5),  # w_eta
         torch.zeros(H, device=device),  # b_eta
         rand(H, D, scale=D**-0.5),  # w_alpha
@@ -160,7 +171,7 @@ def rel_rms(ref, other):
 
 
 def check(leaves, C):
-    from hope_mega.ops.fused import titans_fused
+    from hope_mega.ops.titans_linear.fused import titans_fused
 
     def run(op):
         xs = [x.detach().clone().requires_grad_(True) for x in leaves]
@@ -177,8 +188,8 @@ def check(leaves, C):
 
 
 def gpu_rows():
-    from hope_mega.ops import fused
-    from hope_mega.ops.fused import titans_fused
+    from hope_mega.ops.titans_linear import fused
+    from hope_mega.ops.titans_linear.fused import titans_fused
 
     dev = args.device
     cuda = dev == "cuda"
@@ -194,7 +205,7 @@ def gpu_rows():
         fused.DOT_PRECISION = args.dot_precision
     if args.value_block:
         fused.VALUE_BLOCK = args.value_block
-    from hope_mega.ops.fla_chunked import titans_fla
+    from hope_mega.ops.titans_linear.fla_chunked import titans_fla
 
     rows = {
         "fused": lambda *x: titans_fused(*x, chunk_size=C)[0],
@@ -248,7 +259,7 @@ def compile_only(sm: int):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from hope_mega.ops import fused, fused_kernels
+    from hope_mega.ops.titans_linear import fused, fused_kernels
 
     if args.value_block:
         fused.VALUE_BLOCK = args.value_block
@@ -278,6 +289,17 @@ def compile_only(sm: int):
                           "stack_frame_bytes": found(r"(\d+) bytes stack frame")}), flush=True)
 
 
+def best_seconds(fn, inputs, repeats):
+    """Best wall time of fn's forward + backward on fresh copies of `inputs`."""
+    best = float("inf")
+    for _ in range(repeats):
+        leaves = [x.detach().clone().requires_grad_(True) for x in inputs]
+        start = time.perf_counter()
+        fn(*leaves).float().square().mean().backward()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
 def cpu_op_and_layer():
     from hope_mega.config import ModelConfig
     from hope_mega.model.attention import AttentionMixer
@@ -289,15 +311,6 @@ def cpu_op_and_layer():
         torch.set_num_threads(args.threads)
     H, D, C = (args.heads or [4])[0], args.head_dim or 64, args.chunk_size
     print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, fp32, H={H} d_h={D} C={C}")
-
-    def best_seconds(fn, inputs, repeats):
-        best = float("inf")
-        for _ in range(repeats):
-            leaves = [x.detach().clone().requires_grad_(True) for x in inputs]
-            start = time.perf_counter()
-            fn(*leaves).float().square().mean().backward()
-            best = min(best, time.perf_counter() - start)
-        return best
 
     inputs = op_inputs(1, args.T, H, D)
     t_chunk = best_seconds(lambda *x: titans_chunk(*x, chunk_size=C)[0], inputs, 3)
@@ -317,6 +330,48 @@ def cpu_op_and_layer():
         print(f"{T:>6} {times['titans']:>9.3f} {times['attention']:>11.3f} {times['titans'] / times['attention']:>16.2f}")
 
 
+def cpu_mlp_rows():
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    H, D, C = (args.heads or [4])[0], args.head_dim or 64, args.chunk_size
+    h = args.memory_expansion * D
+    print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, fp32, H={H} d_h={D} hidden={h} C={C}")
+
+    inputs = op_inputs(1, args.T, H, D, hidden=h)
+    t_chunk = best_seconds(lambda *x: titans_mlp_chunk(*x, chunk_size=C)[0], inputs, 3)
+    t_ref = best_seconds(lambda *x: titans_mlp_reference(*x, chunk_size=C)[0], inputs, 1)
+    print(f"mlp op fwd+bwd T={args.T}: reference {t_ref:.3f} s, chunk {t_chunk:.3f} s, chunk speedup {t_ref / t_chunk:.1f}x")
+    print("op fwd+bwd (B=1), MLP memories vs matrix memories, both chunk-wise torch:")
+    print(f"{'T':>6} {'mlp s':>9} {'linear s':>9} {'mlp/linear':>10}")
+    for T in [int(t) for t in args.layer_lengths.split(",")]:
+        t_mlp = best_seconds(lambda *x: titans_mlp_chunk(*x, chunk_size=C)[0], op_inputs(1, T, H, D, hidden=h), 2)
+        t_lin = best_seconds(lambda *x: titans_chunk(*x, chunk_size=C)[0], op_inputs(1, T, H, D), 2)
+        print(f"{T:>6} {t_mlp:>9.3f} {t_lin:>9.3f} {t_mlp / t_lin:>10.2f}")
+
+
+def gpu_mlp_rows():
+    from hope_mega.ops.titans_linear.fused import titans_fused
+
+    if not torch.cuda.is_available():
+        sys.exit("--device cuda: no CUDA device")
+    H, D, C = (args.heads or [16])[0], args.head_dim or 64, args.chunk_size
+    h = args.memory_expansion * D
+    dtype = getattr(torch, args.dtype or "bfloat16")
+    repeats = args.repeats or 5
+    print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}")
+    for T in args.seq_lens or [4096, 16384]:
+        B = args.batch
+        result = {"shape": dict(B=B, T=T, H=H, D=D, hidden=h, C=C, dtype=str(dtype).split(".")[-1])}
+        result["mlp_chunk"] = _timed(lambda *x: titans_mlp_chunk(*x, chunk_size=C)[0],
+                                     op_inputs(B, T, H, D, dtype, "cuda", hidden=h), "cuda", repeats)
+        result["linear_fused"] = _timed(lambda *x: titans_fused(*x, chunk_size=C)[0],
+                                        op_inputs(B, T, H, D, dtype, "cuda"), "cuda", repeats)
+        for name in ("mlp_chunk", "linear_fused"):
+            if isinstance(result[name], dict):
+                result[name]["tokens_per_s"] = round(B * T / result[name]["fwd_bwd_ms"] * 1e3)
+        print(json.dumps(result), flush=True)
+
+
 def main():
     if args.compile_for:
         return compile_only(args.compile_for)
@@ -327,6 +382,8 @@ def main():
         import train_throughput
 
         return train_throughput.main(["--device", args.device])
+    if args.memory == "mlp":
+        return gpu_mlp_rows() if args.device == "cuda" else cpu_mlp_rows()
     if args.device == "cuda" or args.interpret:
         return gpu_rows()
     return cpu_op_and_layer()

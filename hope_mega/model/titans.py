@@ -1,4 +1,8 @@
-"""The self-modifying Titans mixer (spec §2): static projections, short conv, fast memories."""
+"""The self-modifying Titans mixer (spec §2): static projections, short conv, fast memories.
+
+`model.memory` picks the fast memories, matrices (§2) or MLPs (§2b); only the shape of their
+learned initial state `s0` and the op that runs them differ.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import torch.nn.functional as F
 from ..config import ModelConfig
 from ..ops import titans
 from ..ops.common import MEMORIES
+from ..ops.titans_mlp.layout import W2T
 from .conv import document_causal_conv
 from .documents import Documents
 from .layers import mark_split
@@ -31,6 +36,7 @@ class TitansMixer(nn.Module):
         self.chunk_size = cfg.chunk_size
         self.eps = cfg.norm_eps
         self.impl = impl
+        self.memory = cfg.memory
         self.in_proj = layers.column(cfg.d_model, len(SECTIONS) * cfg.n_heads * D, cfg.init_std, sections=len(SECTIONS))
         self.out_proj = layers.row(cfg.n_heads * D, cfg.d_model, cfg.init_std / math.sqrt(2 * n_layers))
         H = self.heads
@@ -39,7 +45,10 @@ class TitansMixer(nn.Module):
             return mark_split(nn.Parameter(torch.empty(*shape)), 0)
 
         self.conv_weight = mark_split(nn.Parameter(torch.empty(3, H, D, cfg.conv_size)), 1)  # q, k, v
-        self.s0 = head_param(H, len(MEMORIES), D, D)  # learned initial states, fp32
+        # The learned initial memories, fp32: S [H, 6, D, D], or for MLPs W_1 and W_2ᵀ
+        # [H, 6, 2, D, expansion * D].
+        shape = (D, D) if cfg.memory == "linear" else (2, D, cfg.memory_expansion * D)
+        self.s0 = head_param(H, len(MEMORIES), *shape)
         self.w_eta, self.w_alpha = head_param(H, D), head_param(H, D)
         self.b_eta, self.b_alpha, self.a_log = head_param(H), head_param(H), head_param(H)
         self.out_norm = head_param(H, D)
@@ -60,7 +69,10 @@ class TitansMixer(nn.Module):
         self.conv_weight.copy_(full(3, total, D, K).uniform_(-(K**-0.5), K**-0.5)[:, heads])
         # Spec §2: zero initial states (every adaptive projection starts as the identity), Gated
         # DeltaNet's gate initialisation, and w ~ N(0, 1/d_h) so S_eta,0 and S_alpha,0 get gradient.
+        # MLP memories (§2b): W_1 = 0 (identity maps again) and W_2 ~ N(0, 1/d_h).
         self.s0.zero_()
+        if self.memory == "mlp":
+            self.s0[:, :, W2T] = full(total, *self.s0.shape[1:]).normal_(std=D**-0.5)[heads][:, :, W2T]
         self.w_eta.copy_(full(total, D).normal_(std=D**-0.5)[heads])
         self.w_alpha.copy_(full(total, D).normal_(std=D**-0.5)[heads])
         self.b_eta.zero_()
@@ -74,13 +86,16 @@ class TitansMixer(nn.Module):
         z = self.in_proj(x)  # [T, B, 6 * H * D], the whole sequence, this rank's heads
         T, B = z.shape[:2]
         H, D = self.heads, self.head_dim
-        z = z.transpose(0, 1).float().reshape(B, T, len(SECTIONS), H, D)  # fp32 from here (spec §4)
-        qkv = F.silu(document_causal_conv(z[:, :, :3], self.conv_weight, docs.position))
-        o, _ = titans(
-            *qkv.unbind(2), z[:, :, 3], z[:, :, 4],
-            self.s0, self.w_eta, self.b_eta, self.w_alpha, self.b_alpha, self.a_log,
-            chunk_size=self.chunk_size, cu_seqlens=docs.cu_seqlens, impl=self.impl,
-        )  # fmt: skip
-        o = o * torch.rsqrt(o.square().mean(-1, keepdim=True) + self.eps) * self.out_norm
-        y = (o * F.silu(z[:, :, 5])).to(x.dtype).reshape(B, T, H * D).transpose(0, 1)
+        # fp32 from here (spec §4), under bf16 autocast too: autocast would run the conv and the
+        # recurrence's matmuls in bf16 whatever their inputs' dtype.
+        with torch.autocast(z.device.type, enabled=False):
+            z = z.transpose(0, 1).float().reshape(B, T, len(SECTIONS), H, D)
+            qkv = F.silu(document_causal_conv(z[:, :, :3], self.conv_weight.float(), docs.position))
+            o, _ = titans(
+                *qkv.unbind(2), z[:, :, 3], z[:, :, 4],
+                self.s0, self.w_eta, self.b_eta, self.w_alpha, self.b_alpha, self.a_log,
+                chunk_size=self.chunk_size, cu_seqlens=docs.cu_seqlens, memory=self.memory, impl=self.impl,
+            )  # fmt: skip
+            o = o * torch.rsqrt(o.square().mean(-1, keepdim=True) + self.eps) * self.out_norm
+            y = (o * F.silu(z[:, :, 5])).to(x.dtype).reshape(B, T, H * D).transpose(0, 1)
         return self.out_proj(y)

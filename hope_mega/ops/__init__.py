@@ -1,43 +1,36 @@
-"""The self-modifying Titans recurrence (spec §2) in its forms, all with one signature:
+"""The self-modifying Titans recurrence (spec §2), one folder per kind of memory, each holding its
+forms side by side with one signature between them:
 
-- `titans_reference` (reference.py): token by token, the definition;
-- `titans_chunk` (chunk.py): chunk-wise WY/UT form in torch, autograd backward; the CPU path;
-- `titans_fla` (fla_chunked.py): fla's chunk_gated_delta_rule once per self-modification chunk;
-- `titans_fused` (fused.py): one Triton kernel that owns the whole chunk loop; the GPU path.
+- `titans_linear/`: matrix memories M(u) = u + S u (spec §2): reference, torch chunk, fla per
+  chunk, fused Triton kernel;
+- `titans_mlp/`: residual 2-layer MLP memories M(u) = u + W_1 GELU(W_2 u) (spec §2b): reference
+  and torch chunk (CPU and GPU);
+- `common.py`: what they share (memory order, norms, gates, packing, the chunk layout);
+- `triton_cpu.py`: running Triton kernels under the interpreter on CPU.
 
-`titans()` picks the fast form for the device: on GPU the fused kernel for the shapes it launches
-at (power-of-two head widths 16..128 and chunks of up to 64 tokens, which every config uses), fla
-per chunk for other shapes; on CPU the torch chunk form.
+`titans(..., memory=...)` runs the op of `model.memory` in the fast form for the device; both ops
+take the same inputs and differ only in the shape of the learned initial memories `s0`.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .chunk import titans_chunk
-from .fused import fused_supports
-from .reference import titans_reference
+from . import titans_linear, titans_mlp
+from .titans_linear import fused_supports, titans_chunk, titans_reference
+from .titans_mlp import titans_mlp_chunk, titans_mlp_reference
 
-IMPLEMENTATIONS = ("auto", "reference", "chunk", "fla", "fused")
+MEMORY_KINDS = ("linear", "mlp")
+
+__all__ = [
+    "MEMORY_KINDS", "fused_supports", "titans", "titans_chunk", "titans_mlp_chunk", "titans_mlp_reference",
+    "titans_reference",
+]
 
 
-def titans(*args, impl: str = "auto", **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
-    if impl == "auto":
-        if not args[0].is_cuda:
-            impl = "chunk"
-        else:
-            chunk_size = kwargs["chunk_size"] if "chunk_size" in kwargs else args[11]
-            impl = "fused" if fused_supports(args[0].shape[-1], chunk_size) else "fla"
-    if impl == "chunk":
-        return titans_chunk(*args, **kwargs)
-    if impl == "reference":
-        return titans_reference(*args, **kwargs)
-    if impl == "fla":
-        from .fla_chunked import titans_fla
-
-        return titans_fla(*args, **kwargs)
-    if impl == "fused":
-        from .fused import titans_fused
-
-        return titans_fused(*args, **kwargs)
-    raise ValueError(f"unknown Titans implementation {impl!r}; choose one of {IMPLEMENTATIONS}")
+def titans(*args, memory: str = "linear", impl: str = "auto", **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if memory == "linear":
+        return titans_linear.titans_linear(*args, impl=impl, **kwargs)
+    if memory == "mlp":
+        return titans_mlp.titans_mlp(*args, impl=impl, **kwargs)
+    raise ValueError(f"unknown memory {memory!r}; choose one of {MEMORY_KINDS}")

@@ -1,5 +1,6 @@
-"""What the three forms of the Titans op share: the memory layout, the normalisation, the decay
-parametrisation, and the split of a (possibly packed) batch into sequences.
+"""What the Titans ops (matrix memories in titans_linear/, MLP memories in titans_mlp/) and their
+forms share: the memory layout, the normalisation, the gate parametrisation, the split of a
+(possibly packed) batch into sequences, and the step-major chunk layout of the chunk-wise forms.
 
 Kept deliberately small: each form writes its own recurrence, so that the reference stays an
 independent definition and the tests compare two codes, not one code twice.
@@ -53,7 +54,9 @@ def sequence_lengths(batch: int, seq_len: int, cu_seqlens: torch.Tensor | None) 
     return [b - a for a, b in zip(cu, cu[1:])]
 
 
-def check_inputs(u_q, u_k, u_v, u_eta, u_alpha, s0, w_eta, b_eta, w_alpha, b_alpha, a_log, chunk_size):
+def check_inputs(u_q, u_k, u_v, u_eta, u_alpha, s0, w_eta, b_eta, w_alpha, b_alpha, a_log, chunk_size,
+                 state_shape=None, state_name="[heads, 6, head_dim, head_dim]"):
+    """`state_shape` is what `s0` must be; None: the matrix memories, [H, 6, D, D]."""
     if chunk_size <= 0:
         raise ValueError(f"chunk_size must be > 0, got {chunk_size}")
     shape = u_q.shape
@@ -63,8 +66,9 @@ def check_inputs(u_q, u_k, u_v, u_eta, u_alpha, s0, w_eta, b_eta, w_alpha, b_alp
         if u.shape != shape:
             raise ValueError(f"{name} has shape {tuple(u.shape)}, u_q has {tuple(shape)}")
     _, _, h, d = shape
-    if s0.shape != (h, len(MEMORIES), d, d):
-        raise ValueError(f"s0 must be [heads, 6, head_dim, head_dim] = {(h, 6, d, d)}, got {tuple(s0.shape)}")
+    want_state = tuple(state_shape) if state_shape is not None else (h, len(MEMORIES), d, d)
+    if tuple(s0.shape) != want_state:
+        raise ValueError(f"s0 must be {state_name} = {want_state}, got {tuple(s0.shape)}")
     for name, p, want in (
         ("w_eta", w_eta, (h, d)),
         ("w_alpha", w_alpha, (h, d)),
@@ -80,3 +84,83 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
     """The recurrence runs in fp32 whatever the activations are (bf16 on GPU); fp64 stays fp64
     so the forms can be compared to rounding error in tests."""
     return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+class ChunkSchedule:
+    """Where every token of a (packed) batch sits in the step-major chunk layout.
+
+    Every sequence gets its own chunk grid. Sequences are sorted by their number of chunks, so at
+    loop step i the sequences still running are a prefix of the sorted order; all chunks are
+    gathered into one padded [slots, C] layout once, before the loop, and split by step, which
+    keeps the backward linear in T (per-step slicing of the full input would be O(T^2/C)).
+
+    `gather_index` [slots, C] points into the flattened tokens (padding points at one extra zero
+    row), `valid` marks real tokens, `active[i]` is how many sequences run at step i, `scatter_index`
+    maps each flattened token back to its slot position, and `order` is the sort of the sequences.
+    """
+
+    def __init__(self, lengths: list[int], chunk_size: int, device: torch.device):
+        # Slots are as wide as a chunk, or as the longest sequence when one chunk covers it all
+        # (C >= T: no self-modification), so a huge C costs nothing.
+        C = min(chunk_size, max(lengths, default=1))
+        total = sum(lengths)
+        starts = torch.tensor([0] + lengths[:-1], dtype=torch.long).cumsum(0)
+        n_chunks = torch.tensor([-(-n // C) for n in lengths], dtype=torch.long)
+        order = torch.argsort(n_chunks, descending=True, stable=True)
+        lens_sorted = torch.tensor(lengths, dtype=torch.long)[order]
+        starts_sorted = starts[order]
+        n_sorted = n_chunks[order]
+        steps = int(n_sorted[0]) if len(lengths) else 0
+        self.active = [int((n_sorted > i).sum()) for i in range(steps)]
+        offs = torch.arange(C, dtype=torch.long)
+        index, valid = [], []
+        for i, n in enumerate(self.active):
+            pos_in_seq = i * C + offs[None, :]  # [1, C]
+            ok = pos_in_seq < lens_sorted[:n, None]
+            index.append(torch.where(ok, starts_sorted[:n, None] + pos_in_seq, total))
+            valid.append(ok)
+        self.gather_index = torch.cat(index).to(device)
+        self.valid = torch.cat(valid).to(device)
+        flat_slots = self.gather_index.flatten()
+        real = self.valid.flatten().nonzero().squeeze(1)
+        self.scatter_index = torch.empty(total, dtype=torch.long, device=device)
+        self.scatter_index[flat_slots[real]] = real
+        self.order = order.to(device)
+        self.num_sequences = len(lengths)
+
+    def gather(self, *inputs: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """[B, T, H, D] inputs -> [slots, C, len(inputs), H, D] in one gather (padding reads zeros)."""
+        B, T, H, D = inputs[0].shape
+        x = torch.stack([u.reshape(B * T, H, D).to(dtype) for u in inputs], 1)
+        x = torch.cat([x, x.new_zeros(1, *x.shape[1:])])  # the zero row that padding points at
+        return x[self.gather_index]
+
+    def final_states(self, finished: list[torch.Tensor]) -> torch.Tensor:
+        """Per-step lists of the states of the sequences that ended there -> [N, ...] in input
+        order. Sequences finish from the end of the sorted order backwards."""
+        return torch.cat(finished[::-1])[torch.argsort(self.order)]
+
+
+def run_chunks(chunk_step, us, s0, params, chunk_size, cu_seqlens, output_final_state):
+    """The serial chunk loop of a chunk-wise form, over every sequence of a (packed) batch at once.
+
+    `chunk_step(S, u_q, u_k, u_v, u_eta, u_alpha, valid, *params)` takes the memories of the n
+    sequences still running at their chunk start, S [n, *s0.shape], and their chunk's inputs
+    [n, C, H, D], and returns the main memory's outputs [n, C, H, D] and the memories at the chunk
+    end. Returns o [B, T, H, D] and, if asked, the final memories [N, *s0.shape].
+    """
+    B, T, H, D = us[0].shape
+    sched = ChunkSchedule(sequence_lengths(B, T, cu_seqlens), chunk_size, us[0].device)
+    dt = compute_dtype(us[0])
+    slots = sched.gather(*us, dtype=dt)  # [slots, C, 5, H, D]
+    params = [p.to(dt) for p in params]
+    S = s0.to(dt).expand(sched.num_sequences, *s0.shape)
+    outs, finished = [], []
+    for step, (xs, ok) in enumerate(zip(slots.split(sched.active), sched.valid.split(sched.active))):
+        o, S = chunk_step(S, *xs.unbind(2), ok, *params)
+        outs.append(o)
+        still = sched.active[step + 1] if step + 1 < len(sched.active) else 0
+        finished.append(S[still:])  # sequences whose last chunk this was
+        S = S[:still]
+    o = torch.cat(outs).flatten(0, 1)[sched.scatter_index].reshape(B, T, H, D)
+    return o, (sched.final_states(finished) if output_final_state else None)

@@ -47,3 +47,11 @@ def test_cli_reports_config_error_without_traceback(tmp_path, capsys):
     assert main(["params", "--config", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.strip() == f"hope-mega params: error: {path}: model.d_model: 256 is not divisible by model.n_heads=5"
+
+
+def test_memory_kind_and_expansion_are_validated():
+    assert load_config(None, ["model.memory=mlp", "model.memory_expansion=3"]).model.memory_expansion == 3
+    with pytest.raises(ConfigError, match="model.memory: 'matrix' is not one of 'linear', 'mlp'"):
+        load_config(None, ["model.memory=matrix"])
+    with pytest.raises(ConfigError, match="model.memory_expansion: must be > 0, got 0"):
+        load_config(None, ["model.memory=mlp", "model.memory_expansion=0"])

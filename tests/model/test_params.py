@@ -17,6 +17,9 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
         ("hope-attention-760m", 760e6),
         ("hope-1.3b", 1.3e9),
         ("transformer-1.3b", 1.3e9),
+        ("hope-mlp-tiny", 2.5e6),
+        ("hope-mlp-760m", 760e6),
+        ("hope-mlp-1.3b", 1.3e9),
     ],
 )
 def test_named_configs_are_their_size(name, target, capsys):
@@ -36,6 +39,21 @@ def test_param_count_matches_the_built_model():
     model = HopeLM(cfg.model)
     assert parameter_counts(cfg.model)["total_params"] == sum(p.numel() for p in model.parameters())
     assert all(p.device == torch.device("cpu") for p in model.parameters())
+
+
+def test_mlp_memory_params_and_flops():
+    cfg = load_config(CONFIGS / "hope-mlp-760m.yaml")
+    m = cfg.model
+    D, h = m.head_dim, m.memory_expansion * m.head_dim
+    linear = load_config(CONFIGS / "hope-mlp-760m.yaml", ["model.memory=linear"]).model
+    # The learned initial weights: W_1 and W_2 of six memories per head and layer, instead of S.
+    extra = m.n_layers * m.n_heads * 6 * (2 * D * h - D * D)
+    assert parameter_counts(m)["total_params"] - parameter_counts(linear)["total_params"] == extra
+    # Per head and token, forward, as titans_mlp/chunk.py computes it (see params.py), x 3 for
+    # forward + backward, per layer.
+    C = m.chunk_size
+    per_head = 108 * D * h + 4 * C * D + 4 * C * h
+    assert flops_per_token(m, 4096)["titans.recurrence"] == pytest.approx(3 * m.n_layers * m.n_heads * per_head)
 
 
 def test_flops_count_the_recurrence():

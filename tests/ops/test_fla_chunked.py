@@ -37,8 +37,8 @@ def _compare() -> dict:
     import torch
     from titans_testing import TitansInputs
 
-    from hope_mega.ops.chunk import titans_chunk
-    from hope_mega.ops.fla_chunked import titans_fla
+    from hope_mega.ops.titans_linear.chunk import titans_chunk
+    from hope_mega.ops.titans_linear.fla_chunked import titans_fla
 
     def run(op, leaves, chunk_size, cu_seqlens):
         o, final = op(*leaves, chunk_size=chunk_size, cu_seqlens=cu_seqlens, output_final_state=True)
@@ -113,7 +113,7 @@ def test_interpreter_refuses_after_triton_import():
 
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1", reason="the interpreter is on in this process")
 def test_cpu_without_interpreter_is_refused(titans_inputs):
-    from hope_mega.ops.fla_chunked import titans_fla
+    from hope_mega.ops.titans_linear.fla_chunked import titans_fla
 
     inp = titans_inputs(B=1, T=8, H=1, D=16)
     with pytest.raises(RuntimeError, match="enable_triton_interpreter"):

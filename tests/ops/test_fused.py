@@ -21,8 +21,8 @@ sys.path.insert(0, str(HERE))  # titans_testing, also when run as a script
 
 from titans_testing import TitansInputs, run_with_grads  # noqa: E402
 
-from hope_mega.ops.chunk import titans_chunk  # noqa: E402
-from hope_mega.ops.fused import titans_fused, titans_fused_torch  # noqa: E402
+from hope_mega.ops.titans_linear.chunk import titans_chunk  # noqa: E402
+from hope_mega.ops.titans_linear.fused import titans_fused, titans_fused_torch  # noqa: E402
 
 NAMES = ["u_q", "u_k", "u_v", "u_eta", "u_alpha", "s0", "w_eta", "b_eta", "w_alpha", "b_alpha", "a_log"]
 
@@ -86,7 +86,7 @@ def bf16_rel_rms(device, T, H, D, cu, C=64, seed=0):
 
 def interpreted_figures():
     """Run in a fresh interpreter with TRITON_INTERPRET=1: the Triton kernels against chunk."""
-    from hope_mega.ops import fused, titans
+    from hope_mega.ops.titans_linear import fused, titans_linear as titans
 
     default_block = fused.VALUE_BLOCK
     out = {}

@@ -5,17 +5,14 @@ come from the states at the end of the previous chunk, so the per-token recurren
 memories is one gated delta rule with shared keys and gates and six value blocks stacked along the
 value dimension. Across chunks the loop is serial (spec §2, implementer facts).
 
-Packed batches: every sequence gets its own chunk grid. Sequences are sorted by their number of
-chunks, so at loop step i the sequences still running are a prefix of the sorted order; all
-chunks are gathered into one padded [slots, C] layout once, before the loop, and split by step,
-which keeps the backward linear in T (per-step slicing of the full input would be O(T^2/C)).
+The chunk loop and the packed-batch layout are shared with the MLP memories (common.run_chunks).
 """
 
 from __future__ import annotations
 
 import torch
 
-from .common import (
+from ..common import (
     MEM_ALPHA,
     MEM_ETA,
     MEM_K,
@@ -24,62 +21,11 @@ from .common import (
     MEM_V,
     MEMORIES,
     check_inputs,
-    compute_dtype,
     learning_rate,
     log_decay,
-    sequence_lengths,
+    run_chunks,
     unit_norm,
 )
-
-
-class ChunkSchedule:
-    """Where every token of a (packed) batch sits in the step-major chunk layout.
-
-    `gather_index` [slots, C] points into the flattened tokens (padding points at one extra zero
-    row), `valid` marks real tokens, `active[i]` is how many sequences run at step i, `scatter_index`
-    maps each flattened token back to its slot position, and `order` is the sort of the sequences.
-    """
-
-    def __init__(self, lengths: list[int], chunk_size: int, device: torch.device):
-        # Slots are as wide as a chunk, or as the longest sequence when one chunk covers it all
-        # (C >= T: no self-modification), so a huge C costs nothing.
-        C = min(chunk_size, max(lengths, default=1))
-        total = sum(lengths)
-        starts = torch.tensor([0] + lengths[:-1], dtype=torch.long).cumsum(0)
-        n_chunks = torch.tensor([-(-n // C) for n in lengths], dtype=torch.long)
-        order = torch.argsort(n_chunks, descending=True, stable=True)
-        lens_sorted = torch.tensor(lengths, dtype=torch.long)[order]
-        starts_sorted = starts[order]
-        n_sorted = n_chunks[order]
-        steps = int(n_sorted[0]) if len(lengths) else 0
-        self.active = [int((n_sorted > i).sum()) for i in range(steps)]
-        offs = torch.arange(C, dtype=torch.long)
-        index, valid = [], []
-        for i, n in enumerate(self.active):
-            pos_in_seq = i * C + offs[None, :]  # [1, C]
-            ok = pos_in_seq < lens_sorted[:n, None]
-            index.append(torch.where(ok, starts_sorted[:n, None] + pos_in_seq, total))
-            valid.append(ok)
-        self.gather_index = torch.cat(index).to(device)
-        self.valid = torch.cat(valid).to(device)
-        flat_slots = self.gather_index.flatten()
-        real = self.valid.flatten().nonzero().squeeze(1)
-        self.scatter_index = torch.empty(total, dtype=torch.long, device=device)
-        self.scatter_index[flat_slots[real]] = real
-        self.order = order.to(device)
-        self.num_sequences = len(lengths)
-
-    def gather(self, *inputs: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """[B, T, H, D] inputs -> [slots, C, len(inputs), H, D] in one gather (padding reads zeros)."""
-        B, T, H, D = inputs[0].shape
-        x = torch.stack([u.reshape(B * T, H, D).to(dtype) for u in inputs], 1)
-        x = torch.cat([x, x.new_zeros(1, *x.shape[1:])])  # the zero row that padding points at
-        return x[self.gather_index]
-
-    def final_states(self, finished: list[torch.Tensor]) -> torch.Tensor:
-        """Per-step lists of the states of the sequences that ended there -> [N, ...] in input
-        order. Sequences finish from the end of the sorted order backwards."""
-        return torch.cat(finished[::-1])[torch.argsort(self.order)]
 
 
 def _read(S: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -162,21 +108,7 @@ def titans_chunk(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Chunk-wise self-modifying Titans; same signature and results as `titans_reference`."""
     check_inputs(u_q, u_k, u_v, u_eta, u_alpha, s0, w_eta, b_eta, w_alpha, b_alpha, a_log, chunk_size)
-    B, T, H, D = u_q.shape
-    sched = ChunkSchedule(sequence_lengths(B, T, cu_seqlens), chunk_size, u_q.device)
-    dt = compute_dtype(u_q)
-    slots = sched.gather(u_q, u_k, u_v, u_eta, u_alpha, dtype=dt)  # [slots, C, 5, H, D]
-    params = [p.to(dt) for p in (w_eta, b_eta, w_alpha, b_alpha, a_log)]
-
-    S = s0.to(dt).expand(sched.num_sequences, *s0.shape)
-    outs, finished = [], []
-    for step, (xs, ok) in enumerate(
-        zip(slots.split(sched.active), sched.valid.split(sched.active))
-    ):
-        o, S = _chunk_step(S, *xs.unbind(2), ok, *params)
-        outs.append(o)
-        still = sched.active[step + 1] if step + 1 < len(sched.active) else 0
-        finished.append(S[still:])  # sequences whose last chunk this was
-        S = S[:still]
-    o = torch.cat(outs).flatten(0, 1)[sched.scatter_index].reshape(B, T, H, D)
-    return o, (sched.final_states(finished) if output_final_state else None)
+    return run_chunks(
+        _chunk_step, (u_q, u_k, u_v, u_eta, u_alpha), s0, (w_eta, b_eta, w_alpha, b_alpha, a_log),
+        chunk_size, cu_seqlens, output_final_state,
+    )  # fmt: skip

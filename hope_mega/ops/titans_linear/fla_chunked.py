@@ -23,8 +23,8 @@ import os
 
 import torch
 
-from .chunk import ChunkSchedule, chunk_reads
-from .common import MEM_MAIN, MEMORIES, check_inputs, compute_dtype, sequence_lengths
+from ..common import MEM_MAIN, MEMORIES, ChunkSchedule, check_inputs, compute_dtype, sequence_lengths
+from .chunk import chunk_reads
 
 
 def titans_fla(

@@ -32,7 +32,7 @@ import os
 import torch
 import torch.nn.functional as F
 
-from .common import (
+from ..common import (
     MEM_ALPHA,
     MEM_ETA,
     MEM_K,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from .common import (
+from ..common import (
     MEM_ALPHA,
     MEM_ETA,
     MEM_K,
