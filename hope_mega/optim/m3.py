@@ -25,7 +25,7 @@ from typing import Callable
 import torch
 
 from .newton_schulz import orthogonalize_sections
-from .skipping import SkippableSteps
+from .periodic import PeriodicOptimizer
 
 Orthogonalize = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
 
@@ -40,7 +40,7 @@ def is_m3_matrix(name: str, param: torch.Tensor) -> bool:
     return name.startswith("blocks.") and name.endswith(".weight") and param.dim() == 2 and "norm" not in name
 
 
-class M3(SkippableSteps, torch.optim.Optimizer):
+class M3(PeriodicOptimizer):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.95), beta3=0.99, alpha=1.0, f=10, ns_steps=5, eps=1e-8,
                  weight_decay=0.0, period=1, kind="m3", lr_scale=1.0,
                  orthogonalize: Orthogonalize = local_orthogonalize):  # fmt: skip
@@ -54,13 +54,8 @@ class M3(SkippableSteps, torch.optim.Optimizer):
                 raise ValueError("M3 parameter groups hold matrices only")
         self.orthogonalize = orthogonalize
 
-    @staticmethod
-    def group_is_due(group) -> bool:
-        return (group["steps_seen"] + 1) % group["period"] == 0
-
-    def _init_state(self, p: torch.Tensor, group) -> dict:
-        state = self.state[p]
-        zeros = lambda: torch.zeros_like(p, dtype=torch.promote_types(p.dtype, torch.float32))  # noqa: E731
+    def _init_state(self, state: dict, p: torch.Tensor, group) -> None:
+        zeros = lambda: torch.zeros_like(p, dtype=self.state_dtype(p))  # noqa: E731
         state["step"] = 0
         state["exp_avg"] = zeros()
         state["exp_avg_sq"] = zeros()
@@ -68,34 +63,11 @@ class M3(SkippableSteps, torch.optim.Optimizer):
             state["slow_sum"] = zeros()  # the gradients since the last slow update
             state["slow_avg"] = zeros()  # M2
             state["slow_orth"] = zeros()  # O2 = NS(M2), used until the next slow update
-        if group["period"] > 1:
-            state["grad_acc"] = zeros()
-        return state
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = closure() if closure is not None else None
-        if self.skipping:  # a non-finite step: not even the CMS accumulators or counters move
-            return loss
-        for group in self.param_groups:
-            due = self.group_is_due(group)
-            group["steps_seen"] += 1
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p] or self._init_state(p, group)
-                grad = p.grad.to(state["exp_avg"].dtype)
-                if group["period"] > 1:
-                    state["grad_acc"].add_(grad)
-                    if not due:
-                        continue
-                    grad = state["grad_acc"].clone()
-                    state["grad_acc"].zero_()
-                if group["kind"] == "m3":
-                    self._m3_update(p, grad, state, group)
-                else:
-                    self._adamw_update(p, grad, state, group)
-        return loss
+    def _update(self, p, grad, state, group) -> None:
+        if group["kind"] == "m3":
+            self._m3_update(p, grad, state, group)
+        else:
+            self._adamw_update(p, grad, state, group)
 
     def _m3_update(self, p, grad, state, group) -> None:
         t, denom = self._second_moment_step(grad, state, group)
