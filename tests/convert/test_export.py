@@ -17,20 +17,25 @@ from hope_mega.convert.hf.modeling_hope import HopeForCausalLM
 
 SCRIPT = Path(__file__).resolve().parent / "load_standalone.py"
 # One Titans model and one attention model with tied embeddings (the head-less logits path).
-MODELS = {"titans": {}, "attention": {"tie_embeddings": True}}
+# name: (mixer, config overrides)
+MODELS = {
+    "titans": ("titans", {}),
+    "attention": ("attention", {"tie_embeddings": True}),
+    "titans-mlp": ("titans", {"memory": "mlp"}),
+}
 
 
 def test_exported_folders_load_without_hope_mega_and_match_native_logits(tmp_path):
     ids = packed_ids()
     dirs, native_logits = [], []
-    for mixer, overrides in MODELS.items():
+    for name, (mixer, overrides) in MODELS.items():
         native = tiny_native(mixer, **overrides)
         with torch.no_grad():
             native_logits.append(native(ids))
             # The input really exercises packing: ignoring the EOS resets changes the logits.
             unpacked = tiny_native(mixer, eos_id=None, **overrides)(ids)
         assert (unpacked - native_logits[-1]).abs().max() > 1e-2
-        dirs.append(export_hf(native.cfg, native.state_dict(), tmp_path / mixer, eos_id=EOS))
+        dirs.append(export_hf(native.cfg, native.state_dict(), tmp_path / name, eos_id=EOS))
 
     torch.save(ids, tmp_path / "ids.pt")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
@@ -41,16 +46,17 @@ def test_exported_folders_load_without_hope_mega_and_match_native_logits(tmp_pat
     out = torch.load(tmp_path / "out.pt")
 
     assert out["loaded"] == []  # neither hope_mega nor fla was imported
-    for mixer, file, hf_logits, ref in zip(MODELS, out["files"], out["logits"], native_logits):
+    for name, file, hf_logits, ref in zip(MODELS, out["files"], out["logits"], native_logits):
         assert "transformers_modules" in file and file.endswith("modeling_hope.py")
         diff = (hf_logits - ref).abs().max().item()
-        print(f"{mixer}: native vs standalone HF max |logit diff| = {diff:.2e}")
-        assert diff <= 1e-4, mixer
+        print(f"{name}: native vs standalone HF max |logit diff| = {diff:.2e}")
+        assert diff <= 1e-4, name
 
 
-@pytest.mark.parametrize("mixer", ["titans", "attention"])
-def test_native_to_hf_to_native_keeps_every_weight(tmp_path, mixer):
-    native = tiny_native(mixer)
+@pytest.mark.parametrize("name", ["titans", "attention", "titans-mlp"])
+def test_native_to_hf_to_native_keeps_every_weight(tmp_path, name):
+    mixer, overrides = MODELS[name]
+    native = tiny_native(mixer, **overrides)
     export_hf(native.cfg, native.state_dict(), tmp_path, eos_id=EOS)
     cfg, state = import_hf(tmp_path)
     assert cfg == native.cfg

@@ -12,9 +12,14 @@ from hope_mega.convert.hf.modeling_hope import HopeCache, HopeForCausalLM
 PROMPT = 7  # not a multiple of chunk_size 4; the steps then cross chunk boundaries at 8, 12, ...
 
 
-@pytest.fixture(scope="module", params=["titans", "attention"])
+# name: (mixer, Titans memory)
+MODELS = {"titans": ("titans", "linear"), "attention": ("attention", "linear"), "titans-mlp": ("titans", "mlp")}
+
+
+@pytest.fixture(scope="module", params=list(MODELS))
 def models(request, tmp_path_factory):
-    native = tiny_native(request.param)
+    mixer, memory = MODELS[request.param]
+    native = tiny_native(mixer, memory=memory)
     out = export_hf(native.cfg, native.state_dict(), tmp_path_factory.mktemp(request.param), eos_id=EOS)
     return native, HopeForCausalLM.from_pretrained(out).eval()
 
@@ -42,7 +47,8 @@ def test_prefill_then_token_steps_equal_one_full_forward(models, prompt):
     cache = out.past_key_values
     assert isinstance(cache, HopeCache) and cache.get_seq_length() == prompt
     if hf.config.mixer == "titans":
-        assert cache.layers[0]["S"].shape == (2, 2, 6, 16, 16)
+        memory = (16, 16) if hf.config.memory == "linear" else (2, 16, 32)
+        assert cache.layers[0]["S"].shape == (2, 2, 6, *memory)
         assert cache.layers[0]["window"].shape == (2, 3, 3, 2, 16)
     logits = [out.logits]
     for t in range(prompt, ids.shape[1]):

@@ -24,6 +24,8 @@ class HopeConfig(PretrainedConfig):
         n_layers: int = 4,
         n_heads: int = 4,
         chunk_size: int = 64,
+        memory: str = "linear",
+        memory_expansion: int = 2,
         conv_size: int = 4,
         cms_levels: list | None = None,
         norm_eps: float = 1e-6,
@@ -36,6 +38,8 @@ class HopeConfig(PretrainedConfig):
     ):
         if mixer not in ("titans", "attention"):
             raise ValueError(f"HopeConfig.mixer: {mixer!r} is not one of 'titans', 'attention'")
+        if memory not in ("linear", "mlp"):
+            raise ValueError(f"HopeConfig.memory: {memory!r} is not one of 'linear', 'mlp'")
         if d_model % n_heads:
             raise ValueError(f"HopeConfig.d_model: {d_model} is not divisible by n_heads={n_heads}")
         self.name = name
@@ -45,6 +49,8 @@ class HopeConfig(PretrainedConfig):
         self.n_layers = n_layers
         self.n_heads = n_heads
         self.chunk_size = chunk_size
+        self.memory = memory
+        self.memory_expansion = memory_expansion
         self.conv_size = conv_size
         # Plain dicts {"hidden": int, "period": int}, so config.json stays plain JSON.
         levels = cms_levels if cms_levels is not None else [{"hidden": 688, "period": 1}]

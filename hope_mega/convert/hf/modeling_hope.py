@@ -3,14 +3,17 @@
 This file is copied next to `config.json` by `hope_mega.convert.export` and loaded with
 `AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)` on machines that do not have
 hope_mega (or fla), so it imports only torch, transformers and its configuration. It therefore
-holds its own compact copy of the model (hope_mega/model) and of the chunk-wise Titans recurrence
-(hope_mega/ops/titans_linear/chunk.py). The duplication is deliberate — the exported folder must stand alone —
+holds its own compact copy of the model (hope_mega/model) and of the chunk-wise Titans recurrences
+(hope_mega/ops/titans_linear/chunk.py, and titans_mlp/chunk.py for `memory: mlp`). The
+duplication is deliberate — the exported folder must stand alone —
 and tests/convert compares this model's logits with the native model's, so the copies cannot
 drift apart unnoticed. Parameter names equal the native HopeLM state dict, so conversion is a copy.
 
 What the training model does not need and this one adds is generation with a recurrent cache
 (`HopeCache`): the prompt is prefilled chunk-wise, then every new token is one step of the
-token-by-token recurrence (hope_mega/ops/titans_linear/reference.py) from the carried state. Packed documents
+token-by-token recurrence (hope_mega/ops/titans_linear/reference.py; for MLP memories spec §2b's
+per-token update with the chunk rule, its gradients at the chunk-start weights written out) from
+the carried state. Packed documents
 behave as in training: with `reset_at_eos` every memory, conv window, RoPE position and attention
 span restarts after each EOS, in the prompt and in generated text alike. Rows of a batch are
 independent, but prompts must have equal length (no padding: an attention mask with zeros is
@@ -171,7 +174,78 @@ def _chunk_step(S, uq, uk, uv, ue, ua, valid, w_eta, b_eta, w_alpha, b_alpha, a_
     return (Q + O).transpose(1, 2), S_next.reshape(n, H, N_MEMORIES, D, D)
 
 
-def titans_chunkwise(inputs, s0, params, chunk_size: int, lengths: list[int], with_state: bool):
+def _mlp(w1, w2t, u):
+    """M(u) = u + W_1 GELU(W_2 u) for rows of u: weights [..., D, h] (W_1 and W_2ᵀ), u [..., C, D].
+    Returns the pre-activation, the activation and M(u)."""
+    z = u @ w2t
+    a = F.gelu(z)
+    return z, a, u + a @ w1.transpose(-1, -2)
+
+
+def _gelu_grad(z):
+    return 0.5 * (1.0 + torch.erf(z / math.sqrt(2.0))) + z * torch.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi)
+
+
+def _mlp_grads(w1, w2t, k, v_hat):
+    """The rank-one factors of the gradient of 1/2 |M(k) - v_hat|^2 at (W_1, W_2ᵀ) [..., 6, D, h]:
+    grad W_1 = r aᵀ, grad W_2ᵀ = k δᵀ, for k [..., C, D] shared by the six memories."""
+    z, a, m_k = _mlp(w1, w2t, k.unsqueeze(-3))
+    r = m_k - v_hat
+    return r, a, (r @ w1) * _gelu_grad(z)
+
+
+def _mlp_reads(W, uq, uk, uv, ue, ua, w_eta, b_eta, w_alpha, b_alpha, a_log):
+    """What a chunk (or token) reads from the MLP memories W [n, H, 6, 2, D, h] at its start,
+    inputs [n, H, C, D]: q, k, v [n, H, C, D], beta, g [n, H, C], v_hat [n, H, 6, C, D]."""
+    w1, w2t = W[:, :, :, 0], W[:, :, :, 1]
+    order = [MEM_K, MEM_V, MEM_Q, MEM_ETA, MEM_ALPHA]
+    _, _, read = _mlp(w1[:, :, order], w2t[:, :, order], torch.stack([uk, uv, uq, ue, ua], 2))
+    k, v, q = (unit_norm(read[:, :, i]) for i in range(3))
+    beta, g = _gates(read[:, :, 3], read[:, :, 4], w_eta, w_alpha, b_eta[:, None], b_alpha[:, None],
+                     a_log[:, None], "nhcd,hd->nhc")
+    return q, k, v, beta, g, unit_norm(_mlp(w1, w2t, v[:, :, None])[2])
+
+
+def _mlp_chunk_step(W, uq, uk, uv, ue, ua, valid, w_eta, b_eta, w_alpha, b_alpha, a_log):
+    """One self-modification chunk with MLP memories (spec §2b, the dual form) for n sequences:
+    W [n, H, 6, 2, D, h] at the chunk start, inputs [n, C, H, D]. Returns the main memory's
+    output [n, C, H, D] and the chunk-end weights."""
+    C = uq.shape[1]
+    w1, w2t = W[:, :, :, 0], W[:, :, :, 1]
+    q, k, v, beta, g, v_hat = _mlp_reads(W, *(u.transpose(1, 2) for u in (uq, uk, uv, ue, ua)),
+                                         w_eta, b_eta, w_alpha, b_alpha, a_log)
+    mask = valid[:, None, :].float()  # padding past a sequence's end leaves the weights untouched
+    beta, g = beta * mask, g * mask
+    r, a, delta = _mlp_grads(w1, w2t, k, v_hat)
+    G = g.cumsum(-1)
+    G_end = G[..., -1:]
+    coef = (beta * (G_end - G).exp())[:, :, None, :, None]
+    keep = G_end.exp()[..., None, None]
+    w1_end = keep * w1 - (coef * r).transpose(-1, -2) @ a
+    w2t_end = keep * w2t - (coef * k[:, :, None]).transpose(-1, -2) @ delta
+    causal = torch.ones(C, C, dtype=torch.bool, device=uq.device).tril()
+    P = (G[..., :, None] - G[..., None, :]).masked_fill(~causal, float("-inf")).exp() * beta[..., None, :]
+    A = G.exp()[..., None]
+    Z = A * (q @ w2t[:, :, MEM_MAIN]) - (P * (q @ k.transpose(-1, -2))) @ delta[:, :, MEM_MAIN]
+    act = F.gelu(Z)
+    o = q + A * (act @ w1[:, :, MEM_MAIN].transpose(-1, -2))
+    o = o - (P * (act @ a[:, :, MEM_MAIN].transpose(-1, -2))) @ r[:, :, MEM_MAIN]
+    return o.transpose(1, 2), torch.stack([w1_end, w2t_end], 3)
+
+
+def mlp_token_step(W, W_bar, uq, uk, uv, ue, ua, w_eta, b_eta, w_alpha, b_alpha, a_log):
+    """One token with MLP memories: W [B, H, 6, 2, D, h] the weights before it, W_bar those at
+    the start of its chunk, which generate its reads and its gradient; inputs [B, H, D]."""
+    q, k, v, beta, g, v_hat = _mlp_reads(W_bar, *(u[:, :, None] for u in (uq, uk, uv, ue, ua)),
+                                         w_eta, b_eta, w_alpha, b_alpha, a_log)
+    r, a, delta = _mlp_grads(W_bar[:, :, :, 0], W_bar[:, :, :, 1], k, v_hat)  # [B, H, 6, 1, *]
+    grad = torch.stack([r.transpose(-1, -2) @ a, k[:, :, None].transpose(-1, -2) @ delta], 3)
+    W = g.exp()[..., None, None, None] * W - beta[..., None, None, None] * grad  # g, beta [B, H, 1]
+    return _mlp(W[:, :, MEM_MAIN, 0], W[:, :, MEM_MAIN, 1], q)[2][:, :, 0], W
+
+
+def titans_chunkwise(inputs, s0, params, chunk_size: int, lengths: list[int], with_state: bool,
+                     chunk_step=_chunk_step):
     """The recurrence over a (packed) batch, chunk by chunk; each sequence has its own chunk grid.
 
     inputs: u_q, u_k, u_v, u_eta, u_alpha [B, T, H, D] (fp32); `lengths` the sequences of the
@@ -202,7 +276,7 @@ def titans_chunkwise(inputs, s0, params, chunk_size: int, lengths: list[int], wi
     for step, (xs, ok) in enumerate(zip(x[index].split(active), valid.split(active))):
         still = active[step + 1] if step + 1 < len(active) else 0
         first.append(S[still:])  # sequences whose last chunk this is
-        o, S = _chunk_step(S, *xs.unbind(2), ok, *params)
+        o, S = chunk_step(S, *xs.unbind(2), ok, *params)
         outs.append(o)
         last.append(S[still:])
         S = S[:still]
@@ -244,10 +318,13 @@ class TitansMixer(nn.Module):
         super().__init__()
         H, D = cfg.n_heads, cfg.d_model // cfg.n_heads
         self.heads, self.head_dim, self.chunk_size, self.eps = H, D, cfg.chunk_size, cfg.norm_eps
+        # Matrix memories S [H, 6, D, D] (spec §2), or MLP memories W_1 and W_2ᵀ [H, 6, 2, D, h] (§2b).
+        self.memory = getattr(cfg, "memory", "linear")
+        hidden = getattr(cfg, "memory_expansion", 2) * D
         self.in_proj = _linear(cfg.d_model, TITANS_SECTIONS * H * D)
         self.out_proj = _linear(H * D, cfg.d_model, residual_layers=cfg.n_layers)
         self.conv_weight = nn.Parameter(torch.empty(3, H, D, cfg.conv_size))
-        self.s0 = nn.Parameter(torch.empty(H, N_MEMORIES, D, D))
+        self.s0 = nn.Parameter(torch.empty(H, N_MEMORIES, *((D, D) if self.memory == "linear" else (2, D, hidden))))
         self.w_eta, self.w_alpha = nn.Parameter(torch.empty(H, D)), nn.Parameter(torch.empty(H, D))
         self.b_eta, self.b_alpha, self.a_log = (nn.Parameter(torch.empty(H)) for _ in range(3))
         self.out_norm = nn.Parameter(torch.empty(H, D))
@@ -258,6 +335,8 @@ class TitansMixer(nn.Module):
         D, K = self.head_dim, self.conv_weight.shape[-1]
         nn.init.uniform_(self.conv_weight, -(K**-0.5), K**-0.5)
         nn.init.zeros_(self.s0)
+        if self.memory == "mlp":
+            nn.init.normal_(self.s0[:, :, 1], std=D**-0.5)
         nn.init.normal_(self.w_eta, std=D**-0.5)
         nn.init.normal_(self.w_alpha, std=D**-0.5)
         nn.init.zeros_(self.b_eta)
@@ -279,20 +358,23 @@ class TitansMixer(nn.Module):
         if step:
             p = docs.position[:, 0]
             s0 = self.s0.float().expand_as(state["S"])
-            fresh = (p == 0).view(B, 1, 1, 1, 1)
+            rows = (B,) + (1,) * self.s0.dim()
+            fresh = (p == 0).view(rows)
             S = torch.where(fresh, s0, state["S"])
             # Keys, values and gates of a chunk come from the states at the end of the previous one.
-            S_bar = torch.where((p % self.chunk_size == 0).view(B, 1, 1, 1, 1), S, state["S_bar"])
+            S_bar = torch.where((p % self.chunk_size == 0).view(rows), S, state["S_bar"])
             qkv = F.silu(causal_conv(raw, conv_w, docs.position, history=state["window"]))
             u = [t[:, 0] for t in (*qkv.unbind(2), z[:, :, 3], z[:, :, 4])]
-            o, S = titans_token_step(S, S_bar, *u, *self._params())
+            token_step = titans_token_step if self.memory == "linear" else mlp_token_step
+            o, S = token_step(S, S_bar, *u, *self._params())
             o = o[:, None]
             state.update(S=S, S_bar=S_bar, window=torch.cat([state["window"], raw], 1)[:, 1:])
         else:
             qkv = F.silu(causal_conv(raw, conv_w, docs.position))
             inputs = (*qkv.unbind(2), z[:, :, 3], z[:, :, 4])
             o, first, last = titans_chunkwise(
-                inputs, self.s0, self._params(), self.chunk_size, docs.lengths, with_state=state is not None
+                inputs, self.s0, self._params(), self.chunk_size, docs.lengths, with_state=state is not None,
+                chunk_step=_chunk_step if self.memory == "linear" else _mlp_chunk_step,
             )
             if state is not None:
                 current = docs.doc_id[:, -1]  # each row's last document carries on
@@ -372,8 +454,9 @@ class HopeBlock(nn.Module):
 class HopeCache:
     """The recurrent state carried between forward calls during generation.
 
-    Per layer a dict: titans — `S` [B, H, 6, D, D] the six memories after the last token, `S_bar`
-    the states at the start of the current self-modification chunk, `window` [B, K-1, 3, H, D]
+    Per layer a dict: titans — `S` [B, H, 6, D, D] the six memories after the last token (MLP
+    memories: [B, H, 6, 2, D, h]), `S_bar` the states at the start of the current
+    self-modification chunk, `window` [B, K-1, 3, H, D]
     the last pre-conv q/k/v projections; attention — `k`, `v` [B, H, T, D] (after RoPE). Shared:
     `position` [B] of the last token in its document, `last_token` [B] (an EOS there starts a new
     document), `doc_start` [B] the index of the current document's first token, `seen` the count.
