@@ -26,16 +26,19 @@ VOCAB, EOS = 61, 0  # odd vocabulary: TP=2 pads it, so the padding is exercised
 B, T, STEPS, LR = 2, 32, 3, 1e-2
 LAUNCH_TIMEOUT_S = 240
 
-# name: (mixer, sequence parallel, activation checkpointing)
+# name: (mixer, sequence parallel, activation checkpointing, Titans memory)
 CASES = {
-    f"{mixer}-{'sp' if sp else 'tp'}": (mixer, sp, False) for mixer in ("titans", "attention") for sp in (False, True)
+    f"{mixer}-{'sp' if sp else 'tp'}": (mixer, sp, False, "linear")
+    for mixer in ("titans", "attention")
+    for sp in (False, True)
 }
-CASES["titans-sp-recompute"] = ("titans", True, True)
+CASES["titans-sp-recompute"] = ("titans", True, True, "linear")
+CASES["titans-mlp-sp"] = ("titans", True, False, "mlp")
 
 
-def model_config(mixer: str) -> ModelConfig:
+def model_config(mixer: str, memory: str = "linear") -> ModelConfig:
     return ModelConfig(
-        mixer=mixer, vocab_size=VOCAB, d_model=32, n_layers=2, n_heads=4, chunk_size=8,
+        mixer=mixer, vocab_size=VOCAB, d_model=32, n_layers=2, n_heads=4, chunk_size=8, memory=memory,
         cms_levels=[CMSLevel(hidden=48, period=1), CMSLevel(hidden=32, period=2)],
     )  # fmt: skip
 
@@ -84,10 +87,10 @@ def launch(world: int, script: Path, args: list[str], timeout_s: float) -> list[
 def run_cases(tmp: Path, world: int, tp: int, names: list[str]):
     """Canonical weights and batches per case, the TP=1 results here, the TP=tp results from ranks."""
     cases, reference = {}, {}
-    for i, (name, (mixer, sp, recompute)) in enumerate(CASES.items()):
+    for i, (name, (mixer, sp, recompute, memory)) in enumerate(CASES.items()):
         if name not in names:
             continue
-        cfg = model_config(mixer)
+        cfg = model_config(mixer, memory)
         torch.manual_seed(100 + i)
         model = HopeLM(cfg, eos_id=EOS)
         # Nonzero initial states and norm weights, so their gradients and slicing are tested too.
