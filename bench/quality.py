@@ -1,9 +1,11 @@
-"""Does Hope learn better? hope-tiny against Transformer++ and two Hope ablations, on CPU.
+"""Does Hope learn better? hope-tiny against Transformer++, Hope with MLP memories and two Hope
+ablations, on CPU.
 
-Four models of equal parameter count (±5%), each trained from the same seed with the same
+Five models of equal parameter count (±5%), each trained from the same seed with the same
 optimizer (CMS-aware AdamW, warmup + cosine) and the same tokens:
 
 - hope            configs/hope-tiny.yaml
+- hope-mlp        configs/hope-mlp-tiny.yaml (the paper's MLP memories, spec §2b)
 - transformer     configs/transformer-tiny.yaml (Transformer++)
 - hope-no-selfmod hope with one chunk per sequence: the adaptive memories stay at their
                   learned initial states within a sequence (spec §2: it is then Gated DeltaNet
@@ -45,6 +47,7 @@ from hope_mega.params import parameter_counts
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = {
     "hope": ("hope-tiny.yaml", []),
+    "hope-mlp": ("hope-mlp-tiny.yaml", []),
     "transformer": ("transformer-tiny.yaml", []),
     "hope-no-selfmod": ("hope-tiny.yaml", ["model.chunk_size=1048576"]),
     "hope-no-cms": ("hope-tiny.yaml", ["model.cms_levels=[{hidden: 512, period: 1}]"]),
