@@ -50,6 +50,11 @@ def _run(args: argparse.Namespace) -> int:
                f"train.save_dir={run}", *args.overrides])
     if rc:
         return rc
+    from .checkpoint import latest_valid, tag_for
+
+    newest = latest_valid(run, log=lambda message: None)
+    if newest is None or newest.name != tag_for(cfg.train.steps):
+        return 0  # stopped by a signal before the last step: the rerun that finishes it shows the rest
     from .generate import greedy_continuation
     from .plot import PLOT_FILE, plot_runs
 

@@ -39,7 +39,9 @@ import numpy as np
 from hope_mega.data.dataset_card import CARD_FILE, FORMAT, write_json_atomic
 from hope_mega.progress import format_duration
 from hope_mega.data.readers import InputError, UnitReader, WorkUnit, expand_inputs, plan_units
-from hope_mega.data.remote import RemoteError, download_file, is_remote, join, relative_files, require_client, upload_folder
+from hope_mega.data.remote import (
+    RemoteError, download_file, is_remote, join, relative_files, require_client, upload_folder,
+)
 
 SPLITS = ("train", "val")
 WORK_DIR = ".prep"
