@@ -13,35 +13,38 @@ from hope_mega.parallel.owner_dp import saved_optimizer_state
 from train_launch import env, kill_tree, metrics, run_train, train_command
 
 
-# Every test runs with CMS AdamW under ZeRO-2 and with M3 on its whole-matrix engine. M3's eps is
-# near this model's gradient entries: with 1e-8 the first steps divide by |g| itself and 1e-7
-# differences in reduction order grow into different runs. f=2 makes the slow momentum act within
-# the 9 steps for every level (the period-3 level's 2nd update is at step 6).
-OPTIMIZERS = {"adamw": (), "m3": ("train.optimizer=m3", "m3.lr=1e-4", "m3.eps=1e-4", "m3.f=2")}
+# Every test runs with CMS AdamW under ZeRO-2, with M3 on its whole-matrix engine, and with CMS
+# AdamW on a model whose Titans memories are MLPs (spec §2b). M3's eps is near this model's
+# gradient entries: with 1e-8 the first steps divide by |g| itself and 1e-7 differences in
+# reduction order grow into different runs. f=2 makes the slow momentum act within the 9 steps for
+# every level (the period-3 level's 2nd update is at step 6).
+M3 = ("train.optimizer=m3", "m3.lr=1e-4", "m3.eps=1e-4", "m3.f=2")
+MLP_MEMORY = ("model.memory=mlp",)
+VARIANTS = {"adamw": (), "m3": M3, "mlp-memory": MLP_MEMORY}
 
 
 def rel(a, b):
     return abs(a - b) / max(abs(a), 1e-12)
 
 
-@pytest.fixture(scope="module", params=sorted(OPTIMIZERS))
-def optimizer(request):
-    return OPTIMIZERS[request.param]
+@pytest.fixture(scope="module", params=sorted(VARIANTS))
+def variant(request):
+    return VARIANTS[request.param]
 
 
 @pytest.fixture(scope="module")
-def single(tiny_data, tmp_path_factory, optimizer):
+def single(tiny_data, tmp_path_factory, variant):
     """The reference: one process, 9 steps, a checkpoint after every step."""
     save = tmp_path_factory.mktemp("single")
-    run_train(1, tiny_data, save, "train.save_every=1", *optimizer)
+    run_train(1, tiny_data, save, "train.save_every=1", *variant)
     return save
 
 
 @pytest.fixture(scope="module")
-def dp2(tiny_data, tmp_path_factory, optimizer):
+def dp2(tiny_data, tmp_path_factory, variant):
     """Data parallel over 2 processes (ZeRO-2 for AdamW) at the same global batch, uninterrupted."""
     save = tmp_path_factory.mktemp("dp2")
-    run_train(2, tiny_data, save, "train.save_every=1", *optimizer)
+    run_train(2, tiny_data, save, "train.save_every=1", *variant)
     return save
 
 
@@ -66,9 +69,15 @@ def test_data_parallel_zero2_matches_single_process(single, dp2):
 
 
 @pytest.mark.parametrize("sp", [False, True], ids=["tp2", "tp2-sp"])
-def test_tensor_parallel_matches_single_process(single, tiny_data, tmp_path, sp, optimizer):
+def test_tensor_parallel_matches_single_process(single, tiny_data, tmp_path, sp, variant):
+    if variant == MLP_MEMORY:
+        # The gradient norm of this run spikes at step 7 (1.6 -> 6.4) and amplifies the layouts'
+        # fp32 rounding a hundredfold (TP=2 grad norm off by 2e-3 there, 6e-2 a step later); at a
+        # learning rate without the spike the loss no longer falls enough in 9 steps for the
+        # reference run's own test. TP parity with MLP memories: tests/parallel/test_tensor_parallel.py.
+        pytest.skip("chaotic at this learning rate; see tests/parallel for TP with MLP memories")
     run_train(2, tiny_data, tmp_path, "parallel.tp=2", f"parallel.sequence_parallel={str(sp).lower()}",
-              "parallel.zero_stage=1", *optimizer)
+              "parallel.zero_stage=1", *variant)
     a, b = metrics(single), metrics(tmp_path)
     for step in range(1, 10):
         assert rel(a[step]["loss"], b[step]["loss"]) <= 1e-5, (step, a[step]["loss"], b[step]["loss"])
@@ -86,10 +95,10 @@ def test_cms_level_with_period_3_changes_only_every_third_step(single):
         assert all(not torch.equal(states[step][k], states[step - 1][k]) for k in fast)
 
 
-def test_kill_9_and_restart_continues_exactly(dp2, tiny_data, tmp_path, optimizer):
+def test_kill_9_and_restart_continues_exactly(dp2, tiny_data, tmp_path, variant):
     """Kill -9 a DP=2 run mid-way, cut its newest checkpoint short, restart the same command."""
     kill_after = 4 + int(time.time()) % 3  # a step in 4..6: mid-period for the period-3 level
-    cmd = train_command(2, tiny_data, tmp_path, "train.save_every=1", *optimizer)
+    cmd = train_command(2, tiny_data, tmp_path, "train.save_every=1", *variant)
     proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     deadline = time.time() + 600
@@ -105,7 +114,7 @@ def test_kill_9_and_restart_continues_exactly(dp2, tiny_data, tmp_path, optimize
     victim.write_bytes(victim.read_bytes()[:100])
     resumed_from = int(checkpoint.list_checkpoints(tmp_path)[1].name.split("_")[1])
 
-    out = run_train(2, tiny_data, tmp_path, "train.save_every=1", *optimizer)
+    out = run_train(2, tiny_data, tmp_path, "train.save_every=1", *variant)
     assert f"ignoring checkpoint {newest}: file mp_rank_00_model_states.pt has 100 bytes" in out.stdout
     assert f"resumed from {tmp_path / checkpoint.tag_for(resumed_from)} at step {resumed_from}" in out.stdout
 
@@ -120,7 +129,7 @@ def test_kill_9_and_restart_continues_exactly(dp2, tiny_data, tmp_path, optimize
     for key, value in final_a.items():
         if torch.is_tensor(value):
             assert torch.equal(value, final_b[key]), key
-    if optimizer:
+    if variant == M3:
         assert_same_m3_state(dp2 / checkpoint.tag_for(9), tmp_path / checkpoint.tag_for(9))
 
 
@@ -152,32 +161,32 @@ def test_cut_short_checkpoint_is_ignored_with_a_message(single, tmp_path):
     assert messages[1].endswith("no manifest.json (the save did not finish)")
 
 
-def test_resume_with_another_data_parallel_size(dp2, tiny_data, tmp_path, optimizer):
+def test_resume_with_another_data_parallel_size(dp2, tiny_data, tmp_path, variant):
     """A DP=2 checkpoint resumed by one process: the optimizer state (Adam moments, CMS
     accumulators mid-period; ZeRO-2's partitions re-cut, M3's tensors re-assigned to owners) goes
     to DP=1 and the data order goes on unchanged."""
     shutil.copytree(dp2 / checkpoint.tag_for(4), tmp_path / checkpoint.tag_for(4))
-    out = run_train(1, tiny_data, tmp_path, *optimizer)
+    out = run_train(1, tiny_data, tmp_path, *variant)
     assert f"resumed from {tmp_path / checkpoint.tag_for(4)} at step 4" in out.stdout
     a, b = metrics(dp2), metrics(tmp_path)
     assert sorted(b) == list(range(5, 10))
     for step in range(5, 10):
         assert a[step]["data_digest"] == b[step]["data_digest"], f"step {step}: different samples"
         assert rel(a[step]["loss"], b[step]["loss"]) <= 1e-5, (step, a[step]["loss"], b[step]["loss"])
-    if optimizer:
+    if variant == M3:
         # What the DP=1 resume restored, written straight back: every M3 state and weight as saved.
         from test_state_exact import run_probe
 
         run_dir, out = tmp_path / "resume", tmp_path / "resaved"
         shutil.copytree(dp2 / checkpoint.tag_for(4), run_dir / checkpoint.tag_for(4))
-        run_probe(1, f"resave={out}", tiny_data, run_dir, "train.steps=4", *optimizer)
+        run_probe(1, f"resave={out}", tiny_data, run_dir, "train.steps=4", *variant)
         assert_same_m3_state(dp2 / checkpoint.tag_for(4), out / checkpoint.tag_for(4))
         saved, resaved = model_states(dp2 / checkpoint.tag_for(4)), model_states(out / checkpoint.tag_for(4))
         assert saved.keys() == resaved.keys()
         assert all(torch.equal(v, resaved[k]) for k, v in saved.items() if torch.is_tensor(v))
 
 
-def test_start_from_converted_weights_at_another_tp_size(single, tiny_data, tmp_path):
+def test_start_from_converted_weights_at_another_tp_size(single, tiny_data, tmp_path, variant):
     """train.init_from: the step-9 weights of the TP=1 run, loaded by a fresh TP=2 run and a fresh
     TP=1 run: both start from the same model (same first loss), far below a fresh start."""
     source = single / checkpoint.tag_for(9)
@@ -185,7 +194,7 @@ def test_start_from_converted_weights_at_another_tp_size(single, tiny_data, tmp_
     for tp in (1, 2):
         save = tmp_path / f"tp{tp}"
         out = run_train(tp, tiny_data, save, f"parallel.tp={tp}", f"train.init_from={source}", "train.steps=1",
-                        "parallel.zero_stage=1")
+                        "parallel.zero_stage=1", *variant)
         assert f"initialised from {source}" in out.stdout
         runs[tp] = metrics(save)[1]["loss"]
     assert rel(runs[1], runs[2]) <= 1e-5
