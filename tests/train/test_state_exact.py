@@ -3,8 +3,6 @@ as state (every fp32 master weight, moment, CMS accumulator and counter), not as
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,21 +11,10 @@ import torch
 from hope_mega import checkpoint
 from hope_mega.parallel.zero import saved_zero_state
 
-from ports import free_port
-from train_launch import CONFIG, env, metrics, run_train
+from train_launch import metrics, run_probe, run_train
 
-PROBE = Path(__file__).with_name("trainer_probe.py")
 # Shapes whose ZeRO parameter groups do not divide by 2 or 4 ranks, so the partitions are padded.
 PADDED = ("model.d_model=33", "model.n_heads=3")
-
-
-def run_probe(nproc, mode, data_root, save_dir, *overrides, timeout=600):
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={free_port()}",
-           str(PROBE), mode, "--config", str(CONFIG), f"data.paths=[{data_root / 'data'}]",
-           f"data.tokenizer={data_root / 'tok'}", f"train.save_dir={save_dir}", *overrides]
-    proc = subprocess.run(cmd, env=env(), timeout=timeout, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
 
 
 def logical_state(ckpt: Path) -> tuple[list[dict], dict]:

@@ -10,7 +10,7 @@ import torch
 from hope_mega import checkpoint
 from hope_mega.parallel.owner_dp import saved_optimizer_state
 
-from train_launch import env, kill_tree, metrics, run_train, train_command
+from train_launch import env, kill_tree, metrics, run_probe, run_train, train_command
 
 
 # Every test runs with CMS AdamW under ZeRO-2, with M3 on its whole-matrix engine, and with CMS
@@ -175,8 +175,6 @@ def test_resume_with_another_data_parallel_size(dp2, tiny_data, tmp_path, varian
         assert rel(a[step]["loss"], b[step]["loss"]) <= 1e-5, (step, a[step]["loss"], b[step]["loss"])
     if variant == M3:
         # What the DP=1 resume restored, written straight back: every M3 state and weight as saved.
-        from test_state_exact import run_probe
-
         run_dir, out = tmp_path / "resume", tmp_path / "resaved"
         shutil.copytree(dp2 / checkpoint.tag_for(4), run_dir / checkpoint.tag_for(4))
         run_probe(1, f"resave={out}", tiny_data, run_dir, "train.steps=4", *variant)
