@@ -13,7 +13,7 @@ from collections import OrderedDict
 
 import torch
 
-from .config import Config, ModelConfig, load_config
+from .config import Config, ConfigError, ModelConfig, load_config
 from .ops.common import MEMORIES
 
 
@@ -107,5 +107,10 @@ def register(subparsers) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    print(describe(load_config(args.config, args.overrides), args.gpus, args.doc_len))
+    cfg = load_config(args.config, args.overrides)
+    if args.gpus < 1 or args.gpus % cfg.parallel.tp:
+        raise ConfigError(f"--gpus: {args.gpus} is not a positive multiple of parallel.tp={cfg.parallel.tp}")
+    if args.doc_len is not None and args.doc_len < 1:
+        raise ConfigError(f"--doc-len: must be >= 1, got {args.doc_len}")
+    print(describe(cfg, args.gpus, args.doc_len))
     return 0

@@ -54,3 +54,12 @@ def test_params_prints_the_estimate():
     for key in ("weights", "gradients", "optimizer", "activations", "lm_head_logits", "total"):
         assert any(line.startswith(f"memory.{key}: ") and line.endswith(" GiB") for line in lines), key
     assert "memory.fits_80gb: true" in text
+
+
+def test_params_refuses_a_gpu_count_or_document_length_that_cannot_be(capsys):
+    from hope_mega.cli import main
+
+    assert main(["params", "--config", str(CONFIGS[0].with_name("hope-1.3b.yaml")), "--gpus", "3"]) == 2
+    assert "--gpus: 3 is not a positive multiple of parallel.tp=2" in capsys.readouterr().err
+    assert main(["params", "--config", str(CONFIGS[0].with_name("hope-tiny.yaml")), "--doc-len", "0"]) == 2
+    assert "--doc-len: must be >= 1, got 0" in capsys.readouterr().err
