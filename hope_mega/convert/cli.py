@@ -94,6 +94,9 @@ def _load_rank_states(ckpt: Path, tp: int) -> list[dict]:
     problem = checkpoint.problem_with(ckpt)
     if problem is not None:
         raise ConvertError(f"checkpoint {ckpt}: {problem}")
+    from ..progress import Progress
+
+    progress = Progress(f"convert {ckpt.name}", len(files), "TP rank files", every_s=5.0)
     states = []
     for f in files:
         # DeepSpeed stores its config and counters next to the weights, which needs full unpickling.
@@ -101,6 +104,7 @@ def _load_rank_states(ckpt: Path, tp: int) -> list[dict]:
         if "module" not in saved:
             raise ConvertError(f"checkpoint {ckpt}: {f.name} holds no model weights (no 'module' entry)")
         states.append({k: v for k, v in saved["module"].items() if isinstance(v, torch.Tensor)})
+        progress.update()
     return states
 
 
@@ -221,10 +225,9 @@ def convert_checkpoint(checkpoint_dir, output_dir, dtype: str = "fp32", tokenize
 def convert_from_hf(hf_dir, output_dir, config_file: str | None = None) -> Path:
     """Write canonical fp32 weights, a training config for them and init.json into output_dir."""
     import yaml
-    from safetensors.torch import save_file
 
     from ..config import Config, load_config, validate
-    from .export import ConversionError, import_hf, read_hf_config
+    from .export import ConversionError, import_hf, read_hf_config, save_safetensors
 
     try:
         model_cfg, weights = import_hf(hf_dir)
@@ -243,7 +246,7 @@ def convert_from_hf(hf_dir, output_dir, config_file: str | None = None) -> Path:
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     tensors = {k: (v.float() if v.is_floating_point() else v).contiguous().clone() for k, v in weights.items()}
-    save_file(tensors, str(output_dir / INIT_WEIGHTS_FILE), metadata={"format": "pt"})
+    save_safetensors(tensors, output_dir / INIT_WEIGHTS_FILE)
     (output_dir / INIT_CONFIG_FILE).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     info = {
         "source": str(Path(hf_dir).resolve()),
@@ -307,8 +310,11 @@ def _run(args: argparse.Namespace) -> int:
     if args.checkpoint:
         if args.config:
             raise ConvertError("--config goes with --from-hf (a checkpoint carries its own config)")
-        out = convert_checkpoint(args.checkpoint, args.output, args.dtype, args.tokenizer)
-        print(f"wrote Hugging Face folder {out}")
+        ckpt = resolve_checkpoint(args.checkpoint)
+        step = read_trainer_state(ckpt).get("step")
+        print(f"converting {ckpt} (step {step})", flush=True)
+        out = convert_checkpoint(ckpt, args.output, args.dtype, args.tokenizer)
+        print(f"wrote Hugging Face folder {out} from step {step}")
         return 0
     if args.tokenizer or args.dtype != "fp32":
         raise ConvertError("--tokenizer and --dtype go with --checkpoint")

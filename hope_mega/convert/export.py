@@ -41,6 +41,19 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 FP32_SUFFIXES = ("mixer.s0", "mixer.w_eta", "mixer.w_alpha", "mixer.b_eta", "mixer.b_alpha", "mixer.a_log")
 
 
+def save_safetensors(tensors: dict, path: Path) -> None:
+    """safetensors writes its files 0600; an export is shared like every other file, so the mode
+    follows the umask (0644 under the usual 022)."""
+    import os
+
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 class ConversionError(ValueError):
     """An export or import that cannot be done; the message names the folder and what is wrong."""
 
@@ -159,15 +172,13 @@ def export_hf(
     config = _hf_config(model_cfg, eos_id, reset_at_eos, dtype, extra)
     _check_state_dict(config, state_dict, output_dir)
 
-    from safetensors.torch import save_file
-
     tensors = {}
     for key, value in state_dict.items():
         value = value.detach().to("cpu")
         if value.is_floating_point() and not key.endswith(FP32_SUFFIXES):
             value = value.to(DTYPES[dtype])
         tensors[key] = value.contiguous().clone()  # safetensors refuses tensors that share storage
-    save_file(tensors, str(output_dir / WEIGHTS_FILE), metadata={"format": "pt"})
+    save_safetensors(tensors, output_dir / WEIGHTS_FILE)
     config.save_pretrained(output_dir)
     for name in CODE_FILES:
         shutil.copyfile(CODE_DIR / name, output_dir / name)

@@ -126,6 +126,28 @@ def run_cli(capsys, *args) -> tuple[int, str]:
     return rc, err
 
 
+def test_convert_says_which_step_and_writes_files_others_can_read(checkpoints, tmp_path, capsys):
+    import os
+    import stat
+
+    old_umask = os.umask(0o022)
+    try:
+        assert main(["convert", "--checkpoint", str(checkpoints["tp2"]), "--output", str(tmp_path / "hf")]) == 0
+        assert main(["convert", "--from-hf", str(tmp_path / "hf"), "--output", str(tmp_path / "init")]) == 0
+    finally:
+        os.umask(old_umask)
+    out, err = capsys.readouterr()
+    step = json.loads((checkpoints["tp2"] / "step_00000002" / "trainer_state.json").read_text())["step"]
+    assert step == 2
+    assert f"converting {checkpoints['tp2'] / 'step_00000002'} (step 2)" in out
+    assert f"wrote Hugging Face folder {tmp_path / 'hf'} from step 2" in out
+    assert "[convert step_00000002] 2/2 TP rank files (100%)" in err
+    # safetensors alone writes 0600; every exported file follows the umask like the rest.
+    for path in (tmp_path / "hf" / "model.safetensors", tmp_path / "hf" / "config.json",
+                 tmp_path / "init" / "model.safetensors"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+
+
 def test_bad_inputs_are_one_line_errors(checkpoints, converted, tmp_path, capsys):
     broken = tmp_path / "broken" / "step_00000002"
     shutil.copytree(checkpoints["tp2"] / "step_00000002", broken)

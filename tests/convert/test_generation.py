@@ -91,13 +91,50 @@ def test_generate_equals_greedy_decoding_by_full_forwards(models):
     assert torch.equal(generated, seq), (generated[:, 9:].tolist(), seq[:, 9:].tolist())
 
 
-def test_padding_is_refused(models):
+def test_padding_other_than_left_is_refused(models):
     _, hf = models
     ids = decode_inputs()[:, :8]
+    for row, col in ((0, 7), (1, 3)):  # right padding, a hole
+        mask = torch.ones_like(ids)
+        mask[row, col] = 0
+        with pytest.raises(ValueError, match="left padding only"):
+            hf(ids, attention_mask=mask)
     mask = torch.ones_like(ids)
-    mask[0, 0] = 0
-    with pytest.raises(ValueError, match="does not support padding"):
+    mask[1] = 0
+    with pytest.raises(ValueError, match="row of zeros only"):
         hf(ids, attention_mask=mask)
+
+
+def left_padded(prompts: list[torch.Tensor], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, p in enumerate(prompts):
+        ids[row, width - len(p):], mask[row, width - len(p):] = p, 1
+    return ids, mask
+
+
+@torch.no_grad()
+def test_left_padded_batch_equals_each_prompt_alone(models):
+    # Lengths 5, 9 and 13 put each row's first real token at another place in the chunk grid
+    # (chunk_size 4); row 1 holds an EOS, and the padding id is the EOS id, as the export's
+    # generation config has it: padding must not start, end or feed a document the prompt sees.
+    _, hf = models
+    source = decode_inputs()
+    prompts = [source[1, 10:15], source[0, :9], source[1, 2:15]]
+    ids, mask = left_padded(prompts, pad=EOS)
+    logits = hf(ids, attention_mask=mask).logits
+    for row, p in enumerate(prompts):
+        alone = hf(p[None]).logits[0]
+        assert (logits[row, -len(p):] - alone).abs().max() <= 1e-4, row
+
+    new = 10
+    batched = hf.generate(ids, attention_mask=mask, max_new_tokens=new, do_sample=False, pad_token_id=EOS,
+                          eos_token_id=None)
+    for row, p in enumerate(prompts):
+        alone = hf.generate(p[None], attention_mask=torch.ones_like(p[None]), max_new_tokens=new,
+                            do_sample=False, pad_token_id=EOS, eos_token_id=None)
+        assert batched[row, ids.shape[1]:].tolist() == alone[0, len(p):].tolist(), row
 
 
 @torch.no_grad()

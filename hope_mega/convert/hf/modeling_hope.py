@@ -16,8 +16,11 @@ per-token update with the chunk rule, its gradients at the chunk-start weights w
 the carried state. Packed documents
 behave as in training: with `reset_at_eos` every memory, conv window, RoPE position and attention
 span restarts after each EOS, in the prompt and in generated text alike. Rows of a batch are
-independent, but prompts must have equal length (no padding: an attention mask with zeros is
-refused rather than silently ignored).
+independent. Prompts of different lengths are batched with left padding (`attention_mask` zeros
+before each row's first real token, as `tokenizer(padding_side="left")` gives): the padding is a
+document of its own, so every memory, conv window, RoPE position and attention span starts at the
+row's first real token and a row generates what it would alone. Any other mask (right padding,
+holes) is refused rather than silently ignored.
 """
 
 from __future__ import annotations
@@ -59,17 +62,21 @@ class Documents:
         self.doc_start = doc_start  # decoding: [B] index of the current document's first token
 
     @staticmethod
-    def from_tokens(input_ids: torch.Tensor, eos_id: int | None) -> "Documents":
+    def from_tokens(input_ids: torch.Tensor, eos_id: int | None, left_pad: torch.Tensor | None = None) -> "Documents":
+        """`left_pad` [B]: each row's count of leading padding tokens; its first real token starts
+        a document, so nothing before it is seen."""
         B, T = input_ids.shape
         start = torch.zeros(B, T, dtype=torch.bool, device=input_ids.device)
         start[:, 0] = True
         if eos_id is not None:
             start[:, 1:] = input_ids[:, :-1] == eos_id
-        doc_id = start.flatten().long().cumsum(0).view(B, T) - 1
         idx = torch.arange(T, device=input_ids.device).expand(B, T)
+        if left_pad is not None:
+            start |= idx == left_pad[:, None]
+        doc_id = start.flatten().long().cumsum(0).view(B, T) - 1
         first = torch.where(start, idx, torch.zeros_like(idx)).cummax(dim=1).values
         lengths = torch.bincount(doc_id.flatten()).tolist()
-        return Documents(idx - first, doc_id, lengths, packed=eos_id is not None)
+        return Documents(idx - first, doc_id, lengths, packed=eos_id is not None or left_pad is not None)
 
 
 # ----------------------------------------------------------------------------- small layers
@@ -483,6 +490,28 @@ class HopeCache:
         self.doc_start = self.doc_start.index_select(0, beam_idx.to(self.position.device))
 
 
+def _left_padding(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """Each row's count of leading zeros in `attention_mask` [B, T], or None without padding.
+    The cache holds where each row's prompt starts, so on decoding steps (whose mask repeats the
+    prompt's and appends ones) only the form is checked."""
+    if attention_mask is None:
+        return None
+    real = attention_mask.bool()
+    if bool(real.all()):
+        return None
+    left_pad = (~real).long().cumprod(1).sum(1)
+    idx = torch.arange(real.shape[1], device=real.device)
+    if not bool((real == (idx[None, :] >= left_pad[:, None])).all()):
+        raise ValueError(
+            "HopeForCausalLM supports left padding only (attention_mask: zeros before each row's first real "
+            "token, ones after it): its memories would read right padding or holes. Pad on the left "
+            "(tokenizer padding_side='left')."
+        )
+    if bool((left_pad == real.shape[1]).any()):
+        raise ValueError("attention_mask has a row of zeros only: that row holds no token to read")
+    return left_pad
+
+
 # generate() reads the cache back from the output field of this name: `cache` in the transformers
 # releases that renamed it, `past_key_values` before.
 _OUTPUT_CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
@@ -548,8 +577,8 @@ class HopeForCausalLM(HopePreTrainedModel, GenerationMixin):
             x = block(x, docs, cache.layers[i] if cache is not None else None, step)
         return self.final_norm(x)
 
-    def _forward_prompt(self, input_ids, cache):
-        docs = Documents.from_tokens(input_ids, self.eos_id)
+    def _forward_prompt(self, input_ids, cache, left_pad):
+        docs = Documents.from_tokens(input_ids, self.eos_id, left_pad)
         hidden = self._run(input_ids, docs, cache, step=False)
         if cache is not None:
             T = input_ids.shape[1]
@@ -596,11 +625,7 @@ class HopeForCausalLM(HopePreTrainedModel, GenerationMixin):
         if cache is not None and past_key_values is not None and cache is not past_key_values:
             raise ValueError("pass the HopeCache as `cache` or as `past_key_values`, not two different ones")
         past_key_values = past_key_values if past_key_values is not None else cache
-        if attention_mask is not None and not bool(attention_mask.bool().all()):
-            raise ValueError(
-                "HopeForCausalLM does not support padding (attention_mask has zeros): its memories would "
-                "read the padding. Batch prompts of equal length, or run them one at a time."
-            )
+        left_pad = _left_padding(attention_mask)
         if past_key_values is not None and not isinstance(past_key_values, HopeCache):
             raise TypeError(
                 f"past_key_values must be a HopeCache from a previous call, got {type(past_key_values).__name__}"
@@ -612,7 +637,7 @@ class HopeForCausalLM(HopePreTrainedModel, GenerationMixin):
             cache = past_key_values
             if cache is None and use_cache:
                 cache = HopeCache(len(self.blocks))
-            hidden = self._forward_prompt(input_ids, cache)
+            hidden = self._forward_prompt(input_ids, cache, left_pad)
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
         logits = self._logits(hidden)
