@@ -24,6 +24,7 @@ import torch.distributed as dist
 from . import checkpoint, run_lock
 from .config import Config, ConfigError, load_config
 from .device import require_gpu_if_requested
+from .ops.common import host_to_device
 
 EXIT_PREEMPTED = 0  # a checkpointed stop on a signal is a clean exit; the launcher requeues
 
@@ -272,19 +273,17 @@ class Trainer:
             return next(self._batches)
 
     def _loss(self, batch: torch.Tensor) -> torch.Tensor:
-        batch = batch.to(self.device)
+        """The mean loss of a host batch. Its document layout is computed here, on the host, and
+        both go to the device asynchronously: nothing in the forward waits for the device."""
+        docs = self.model.documents(batch[:, :-1]).to(self.device)
+        batch = host_to_device(batch, self.device)
         inputs, labels = batch[:, :-1], batch[:, 1:]
         with self.autocast:
-            per_token = self.engine(inputs, labels)
+            per_token = self.engine(inputs, labels, docs=docs)
         if self.pad_id is None:
             return per_token.mean()
         mask = (labels != self.pad_id).float()
         return (per_token * mask).sum() / mask.sum().clamp_min(1.0)
-
-    def _all_finite(self, loss: torch.Tensor) -> bool:
-        flag = torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=self.device)
-        dist.all_reduce(flag)
-        return flag.item() == 0
 
     def _backward(self, loss: torch.Tensor) -> None:
         if self.bf16 and not self.cuda:
@@ -295,49 +294,55 @@ class Trainer:
         else:
             self.engine.backward(loss)
 
-    def _zero_loss(self) -> torch.Tensor:
-        """A loss of exactly zero that reaches every parameter, so DeepSpeed's gradient hooks
-        run as usual on a micro batch whose real loss was not finite."""
-        return sum(p.sum() * 0.0 for p in self.model.parameters())
-
     def train_step(self) -> dict:
+        """One optimizer step over `accumulation` micro batches.
+
+        The host waits for the device once per step, before the optimizer: whether any rank's
+        loss was not finite decides whether the step is taken, and the losses come back in the
+        same read. Micro batches queue their work without a read. A non-finite micro batch is
+        still backpropagated (its gradients are discarded with the skipped step), so every
+        rank runs the same collectives. `grad_norm` stays a device tensor until it is logged.
+        """
         t = self.cfg.train
         from .optim.cms_adamw import cosine_lr
 
         lr = cosine_lr(self.step, t.lr, t.warmup_steps, t.steps, t.min_lr_ratio)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        loss_sum, finite, digest = 0.0, True, 0
+        digest = 0
+        sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # non-finite count, loss sum
         for micro in range(self.accumulation):
             batch = self._next_batch()
             digest += _sample_digest(batch)
             loss = self._loss(batch)
-            if not self._all_finite(loss):
-                finite = False
-            if not finite:
-                loss = self._zero_loss()
+            detached = loss.detach().double()
+            sums += torch.stack([(~torch.isfinite(detached)).double(), detached])
             self._backward(loss)
-            # At the last micro batch the engine steps the optimizer, once per parameter group
-            # under ZeRO: a non-finite step must leave every group as it was.
-            with self.optimizer.skipping_steps(not finite):
-                self.engine.step()
-            loss_sum += loss.item()
-        # Host-side scalars go over the process group's CPU backend (gloo; see parallel.state).
-        stats = torch.tensor([loss_sum / self.accumulation, float(digest % (1 << 50))], dtype=torch.float64)
+            if micro + 1 < self.accumulation:
+                self.engine.step()  # between boundaries DeepSpeed only counts the micro batch
+        dist.all_reduce(sums)  # over the world: every rank must agree to skip
+        bad, loss_total = sums.tolist()
+        finite = bad == 0
+        # At the boundary the engine steps the optimizer, once per parameter group under ZeRO:
+        # a non-finite step must leave every group as it was.
+        with self.optimizer.skipping_steps(not finite):
+            self.engine.step()
+        # The data digest is the host's: it goes over the process group's CPU backend (gloo).
+        stats = torch.tensor([float(digest % (1 << 50))], dtype=torch.float64)
         dist.all_reduce(stats, group=self.dp_group)
-        grad_norm = self.engine.get_global_grad_norm()
         return {
-            "loss": stats[0].item() / self.dp_size if finite else float("nan"),
+            # TP ranks compute the same loss as their DP rank, so the world mean is the DP mean.
+            "loss": loss_total / (self.world * self.accumulation) if finite else float("nan"),
             "lr": lr,
-            "grad_norm": float(grad_norm) if grad_norm is not None and finite else float("nan"),
+            "grad_norm": self.engine.get_global_grad_norm() if finite else None,
             "finite": finite,
-            "data_digest": int(stats[1].item()),
+            "data_digest": stats,  # a host tensor, read when logged
         }
 
     @torch.no_grad()
     def evaluate(self) -> float:
         self.engine.eval()
-        total = torch.zeros(2, dtype=torch.float64)
+        total = torch.zeros(2, dtype=torch.float64, device=self.device)
         self.val_loader.epoch, self.val_loader.sample_in_epoch = 0, 0  # the same rows every time
         batches = iter(self.val_loader)
         for _ in range(self.cfg.train.eval_batches):
@@ -345,7 +350,7 @@ class Trainer:
                 batch = next(batches)
             except StopIteration:
                 break
-            total += torch.tensor([self._loss(batch).item(), 1.0], dtype=torch.float64)
+            total += torch.stack([self._loss(batch).double(), torch.ones((), dtype=torch.float64, device=self.device)])
         dist.all_reduce(total, group=self.dp_group)
         self.engine.train()
         return (total[0] / total[1].clamp_min(1)).item()
@@ -394,13 +399,14 @@ class Trainer:
                     return 3
             if self.step % t.log_every == 0 or self.step == t.steps or self.step == 1:
                 tps = tokens_per_step / elapsed
-                record = {"step": self.step, "loss": out["loss"], "lr": out["lr"], "grad_norm": out["grad_norm"],
+                record = {"step": self.step, "loss": out["loss"], "lr": out["lr"],
+                          "grad_norm": float(out["grad_norm"]) if out["grad_norm"] is not None else float("nan"),
                           "tokens_per_s": tps, "tokens": self.tokens}
                 if self.peak_tflops:
                     record["mfu"] = self.flops_per_token * tps / (self.world * self.peak_tflops * 1e12)
                 if self.cuda:
                     record["mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
-                record["data_digest"] = out["data_digest"]
+                record["data_digest"] = int(out["data_digest"][0])
                 self.metrics.log(record)
             if self.val_loader is not None and self.step % t.eval_every == 0:
                 self.metrics.log({"step": self.step, "val_loss": self.evaluate()})

@@ -22,6 +22,38 @@ def rotary(x: torch.Tensor, position: torch.Tensor, theta: float) -> torch.Tenso
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1).to(x.dtype)
 
 
+def _varlen_attention():
+    """torch's flash-attention varlen entry point and its causal keyword, where this torch has them."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None, None
+    import inspect
+
+    # torch 2.9-2.11 take is_causal; later releases a (left, right) window, causal = (-1, 0).
+    causal = {"is_causal": True} if "is_causal" in inspect.signature(varlen_attn).parameters else {"window_size": (-1, 0)}
+    return varlen_attn, causal
+
+
+def document_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, docs: Documents) -> torch.Tensor:
+    """Causal attention inside each document; q, k, v [B, H, T, D] -> [B, H, T, D].
+
+    On a GPU in bf16/fp16 the packed documents go to flash attention's varlen kernel as they
+    are (the documents are the sequences of `cu_seqlens`), at the speed of unmasked attention;
+    elsewhere a dense [B, 1, T, T] document mask, which no fused kernel takes.
+    """
+    B, H, T, D = q.shape
+    varlen_attn, causal = _varlen_attention() if q.is_cuda else (None, None)
+    if varlen_attn is not None and q.dtype in (torch.bfloat16, torch.float16) and docs.cu_seqlens_host is not None:
+        pack = lambda t: t.transpose(1, 2).reshape(B * T, H, D)  # noqa: E731
+        cu = docs.cu_seqlens.to(torch.int32)
+        o = varlen_attn(pack(q), pack(k), pack(v), cu, cu, docs.max_len, docs.max_len, **causal)
+        return o.view(B, T, H, D).transpose(1, 2)
+    same_doc = docs.doc_id[:, :, None] == docs.doc_id[:, None, :]
+    mask = same_doc & torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None])
+
+
 class AttentionMixer(nn.Module):
     def __init__(self, cfg: ModelConfig, layers, n_layers: int):
         super().__init__()
@@ -41,7 +73,5 @@ class AttentionMixer(nn.Module):
         if docs.cu_seqlens is None:
             o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
-            same_doc = docs.doc_id[:, :, None] == docs.doc_id[:, None, :]
-            mask = same_doc & torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None])
+            o = document_attention(q, k, v, docs)
         return self.out_proj(o.permute(2, 0, 1, 3).reshape(T, B, self.heads * self.head_dim))

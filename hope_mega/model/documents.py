@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..ops.common import host_to_device
+
 
 @dataclass
 class Documents:
@@ -13,16 +15,24 @@ class Documents:
 
     `cu_seqlens` [N+1] indexes the flattened B*T tokens (fla's varlen convention, row starts
     included); `position` [B, T] is each token's offset inside its document; `doc_id` [B, T]
-    numbers the documents across the batch.
+    numbers the documents across the batch. `cu_seqlens_host` holds the same offsets as Python
+    ints and `max_len` the longest document: the Titans chunk grid and varlen attention are laid
+    out on the host, and reading them from a GPU tensor would stall every layer on a device sync.
     """
 
     cu_seqlens: torch.Tensor | None
     position: torch.Tensor
     doc_id: torch.Tensor
+    cu_seqlens_host: tuple[int, ...] | None = None
+    max_len: int = 0
 
     @staticmethod
     def from_tokens(input_ids: torch.Tensor, eos_id: int | None) -> "Documents":
-        """A document starts at every row start and right after every EOS (eos_id None: rows)."""
+        """A document starts at every row start and right after every EOS (eos_id None: rows).
+
+        Computed where `input_ids` lives; the trainer passes the batch while it is still on the
+        host and moves the result with `to`, so the training step never waits for the device.
+        """
         B, T = input_ids.shape
         device = input_ids.device
         start = torch.zeros(B, T, dtype=torch.bool, device=device)
@@ -35,7 +45,14 @@ class Documents:
         first = torch.where(start, idx, torch.zeros_like(idx)).cummax(dim=1).values
         position = idx - first
         if eos_id is None:
-            return Documents(None, position, doc_id)
+            return Documents(None, position, doc_id, None, T)
         starts = start.flatten().nonzero().squeeze(1)
         cu = torch.cat([starts, torch.tensor([B * T], device=device)])
-        return Documents(cu, position, doc_id)
+        host = tuple(int(c) for c in cu.tolist())
+        return Documents(cu, position, doc_id, host, max(b - a for a, b in zip(host, host[1:])))
+
+    def to(self, device: torch.device | str) -> "Documents":
+        """On `device`, copied asynchronously from pinned memory when that is a GPU."""
+        move = lambda t: None if t is None else host_to_device(t, device)  # noqa: E731
+        return Documents(move(self.cu_seqlens), move(self.position), move(self.doc_id),
+                         self.cu_seqlens_host, self.max_len)

@@ -41,9 +41,15 @@ class HopeLM(nn.Module):
         else:
             self.head = layers.lm_head(cfg.d_model, cfg.vocab_size, cfg.init_std)
 
-    def hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def documents(self, input_ids: torch.Tensor) -> Documents:
+        """Where the documents of `input_ids` start; give it the host copy of a device batch and
+        pass the result (`.to(device)`) to `forward`, so the step never waits for the device."""
+        return Documents.from_tokens(input_ids, self.eos_id)
+
+    def hidden_states(self, input_ids: torch.Tensor, docs: Documents | None = None) -> torch.Tensor:
         """input_ids [B, T] -> final normed hidden states [T, B, d] (sequence-sharded under SP)."""
-        docs = Documents.from_tokens(input_ids, self.eos_id)
+        if docs is None:
+            docs = self.documents(input_ids)
         x = self.embed(input_ids.t())
         for block in self.blocks:
             if self.activation_checkpointing and self.training:
@@ -57,10 +63,12 @@ class HopeLM(nn.Module):
             return hidden @ self.embed.weight.t()
         return self.head(hidden)
 
-    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None,
+                docs: Documents | None = None) -> torch.Tensor:
         """Without labels: logits [B, T, V] (the local vocabulary slice under TP).
-        With labels [B, T]: the per-token loss [B, T]."""
-        logits = self.logits(self.hidden_states(input_ids))
+        With labels [B, T]: the per-token loss [B, T]. `docs`: `documents(input_ids)`, computed
+        ahead (by default here, which on a GPU batch reads the EOS positions back to the host)."""
+        logits = self.logits(self.hidden_states(input_ids, docs))
         if labels is None:
             return logits.transpose(0, 1)
         return self.layers.cross_entropy(logits, labels.t()).t()

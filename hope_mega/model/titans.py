@@ -94,7 +94,7 @@ class TitansMixer(nn.Module):
             o, _ = titans(
                 *qkv.unbind(2), z[:, :, 3], z[:, :, 4],
                 self.s0, self.w_eta, self.b_eta, self.w_alpha, self.b_alpha, self.a_log,
-                chunk_size=self.chunk_size, cu_seqlens=docs.cu_seqlens, memory=self.memory, impl=self.impl,
+                chunk_size=self.chunk_size, cu_seqlens=docs.cu_seqlens_host, memory=self.memory, impl=self.impl,
             )  # fmt: skip
             o = o * torch.rsqrt(o.square().mean(-1, keepdim=True) + self.eps) * self.out_norm
             y = (o * F.silu(z[:, :, 5])).to(x.dtype).reshape(B, T, H * D).transpose(0, 1)

@@ -32,17 +32,19 @@ def log_decay(logit: torch.Tensor, a_log: torch.Tensor) -> torch.Tensor:
     return -a_log.exp() * F.softplus(logit)
 
 
-def sequence_lengths(batch: int, seq_len: int, cu_seqlens: torch.Tensor | None) -> list[int]:
+def sequence_lengths(batch: int, seq_len: int, cu_seqlens) -> list[int]:
     """Lengths of the independent sequences in a [batch, seq_len] input.
 
     `cu_seqlens` (fla's varlen convention) indexes the flattened batch*seq_len tokens; without it
     every row is one sequence. Packed rows must have their row starts in `cu_seqlens` too, since
-    a memory never carries across rows.
+    a memory never carries across rows. It may be a tensor or the host's sequence of ints: the
+    chunk grid is laid out on the host, so a GPU tensor costs a device sync here, which the model
+    avoids by passing the offsets it computed on the host (`Documents.cu_seqlens_host`).
     """
     total = batch * seq_len
     if cu_seqlens is None:
         return [seq_len] * batch
-    cu = [int(c) for c in cu_seqlens.tolist()]
+    cu = [int(c) for c in (cu_seqlens.tolist() if isinstance(cu_seqlens, torch.Tensor) else cu_seqlens)]
     if cu[0] != 0 or cu[-1] != total or any(b <= a for a, b in zip(cu, cu[1:])):
         raise ValueError(
             f"cu_seqlens must rise strictly from 0 to batch*seq_len={total}, got {cu[:8]}{'...' if len(cu) > 8 else ''}"
@@ -52,6 +54,15 @@ def sequence_lengths(batch: int, seq_len: int, cu_seqlens: torch.Tensor | None) 
         if not row_starts <= set(cu):
             raise ValueError("cu_seqlens must contain every row start (a memory never crosses rows)")
     return [b - a for a, b in zip(cu, cu[1:])]
+
+
+def host_to_device(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """A host tensor on `device` without stalling the host: to a GPU from pinned memory,
+    asynchronously (a pageable copy waits for the stream), elsewhere a plain move."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 def check_inputs(u_q, u_k, u_v, u_eta, u_alpha, s0, w_eta, b_eta, w_alpha, b_alpha, a_log, chunk_size,
@@ -104,14 +115,17 @@ class ChunkSchedule:
         # (C >= T: no self-modification), so a huge C costs nothing.
         C = min(chunk_size, max(lengths, default=1))
         total = sum(lengths)
-        starts = torch.tensor([0] + lengths[:-1], dtype=torch.long).cumsum(0)
-        n_chunks = torch.tensor([-(-n // C) for n in lengths], dtype=torch.long)
-        order = torch.argsort(n_chunks, descending=True, stable=True)
-        lens_sorted = torch.tensor(lengths, dtype=torch.long)[order]
-        starts_sorted = starts[order]
-        n_sorted = n_chunks[order]
-        steps = int(n_sorted[0]) if len(lengths) else 0
-        self.active = [int((n_sorted > i).sum()) for i in range(steps)]
+        # Laid out on the host from the Python lengths, without reading a tensor back, and copied
+        # to the device once: nothing here waits for the device.
+        starts = [0]
+        for n in lengths[:-1]:
+            starts.append(starts[-1] + n)
+        n_chunks = [-(-n // C) for n in lengths]
+        order = sorted(range(len(lengths)), key=lambda i: -n_chunks[i])  # stable: ties keep input order
+        n_sorted = [n_chunks[i] for i in order]
+        self.active = [sum(1 for n in n_sorted if n > step) for step in range(n_sorted[0] if lengths else 0)]
+        lens_sorted = torch.tensor([lengths[i] for i in order], dtype=torch.long)
+        starts_sorted = torch.tensor([starts[i] for i in order], dtype=torch.long)
         offs = torch.arange(C, dtype=torch.long)
         index, valid = [], []
         for i, n in enumerate(self.active):
@@ -119,13 +133,15 @@ class ChunkSchedule:
             ok = pos_in_seq < lens_sorted[:n, None]
             index.append(torch.where(ok, starts_sorted[:n, None] + pos_in_seq, total))
             valid.append(ok)
-        self.gather_index = torch.cat(index).to(device)
-        self.valid = torch.cat(valid).to(device)
-        flat_slots = self.gather_index.flatten()
-        real = self.valid.flatten().nonzero().squeeze(1)
-        self.scatter_index = torch.empty(total, dtype=torch.long, device=device)
-        self.scatter_index[flat_slots[real]] = real
-        self.order = order.to(device)
+        gather_index, self.valid_host = torch.cat(index), torch.cat(valid)
+        # Every real token has one slot; the padding slots all point at row `total`, dropped after.
+        flat = gather_index.flatten()
+        scatter = torch.empty(total + 1, dtype=torch.long)
+        scatter[flat] = torch.arange(flat.numel())
+        self.gather_index = host_to_device(gather_index, device)
+        self.valid = host_to_device(self.valid_host, device)
+        self.scatter_index = host_to_device(scatter[:total], device)
+        self.order = host_to_device(torch.tensor(order, dtype=torch.long), device)
         self.num_sequences = len(lengths)
 
     def gather(self, *inputs: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -25,7 +25,6 @@ picks each tensor's state out of whichever file holds it.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch
@@ -122,7 +121,7 @@ class OwnerDataParallel:
         # every resume to load_checkpoint, which re-assigns owners itself.
         return False
 
-    def get_global_grad_norm(self) -> float | None:
+    def get_global_grad_norm(self) -> torch.Tensor | None:
         return self.global_grad_norm
 
     def backward(self, loss: torch.Tensor) -> None:
@@ -164,18 +163,18 @@ class OwnerDataParallel:
         self.grad_buffer[start:end].div_(self.dp_world_size)
 
     def _clip_gradients(self) -> None:
-        total = torch.zeros(1, dtype=torch.float64)
+        # On the gradients' device throughout: the norm and the clip factor never go to the host.
+        total = torch.zeros(1, dtype=torch.float64, device=self.grad_buffer.device)
         for i in self.owned:
             if self.tp_rank == 0 or getattr(self.params[i], "tensor_model_parallel", False):
                 total += self.grad_views[i].double().square().sum()
         dist.all_reduce(total)  # over the world: DP ranks own different tensors, TP ranks hold shards
-        norm = math.sqrt(total.item())
+        norm = total.sqrt()[0]
         self.global_grad_norm = norm
         if self.grad_clip > 0:
-            coef = self.grad_clip / (norm + 1e-6)
-            if coef < 1:
-                start, end = self.segments[self.dp_rank]
-                self.grad_buffer[start:end].mul_(coef)
+            coef = (self.grad_clip / (norm + 1e-6)).clamp(max=1.0)
+            start, end = self.segments[self.dp_rank]
+            self.grad_buffer[start:end].mul_(coef.to(self.grad_buffer.dtype))
 
     def _orthogonalize(self, param: torch.Tensor, m: torch.Tensor, steps: int) -> torch.Tensor:
         """NS of the whole logical matrix: gather a TP matrix's shards in this TP group, run NS on

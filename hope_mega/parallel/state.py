@@ -43,6 +43,12 @@ def init_distributed(tp: int, backend: str | None = None, timeout_s: float = 600
             f"world size {world} is not divisible by parallel.tp={tp}: the job must launch "
             f"tp x data-parallel processes (e.g. {tp * max(1, world // tp)})"
         )
+    if tp > 1:
+        # Sequence parallelism issues its all-gather before the GEMM that needs it; with one
+        # hardware queue per device the kernels then run in issue order, so communication
+        # overlaps compute as megatron-core intends. Read when the CUDA context is created: set
+        # here, before `set_device`, for every launch path (sbatch, torchrun, benchmarks).
+        os.environ["CUDA_DEVICE_MAX_CONNECTIONS"] = "1"
     cuda = torch.cuda.is_available()
     if backend is None:
         backend = default_backend(cuda)

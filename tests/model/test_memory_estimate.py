@@ -23,12 +23,29 @@ def test_every_shipped_config_fits_an_80gb_gpu(path):
 
 def test_hope_760m_at_micro_batch_4_without_checkpointing_does_not_fit():
     # The configuration this project once shipped: ~120 GB of activations at 4 x 4096.
-    cfg = load_config(CONFIGS[0].with_name("hope-760m.yaml"), ["train.micro_batch=4"])
+    cfg = load_config(CONFIGS[0].with_name("hope-760m.yaml"),
+                      ["train.micro_batch=4", "parallel.activation_checkpointing=false"])
     est = estimate(cfg, gpus=8)
     assert est["total"] > BUDGET and est["activations"] + est["titans_boundary_states"] > 70 * GIB
     checkpointed = estimate(load_config(CONFIGS[0].with_name("hope-760m.yaml"),
                                         ["train.micro_batch=4", "parallel.activation_checkpointing=true"]), gpus=8)
     assert checkpointed["total"] < 20 * GIB and checkpointed["weights"] == est["weights"]
+
+
+H100_SMS = 132
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_gpu_configs_give_the_fused_kernel_most_of_the_sms(path):
+    # The fused Titans kernels launch one program per (sequence, head of this TP rank), each
+    # walking its chunks serially, and at d_h 128, C 64 one program fills an SM's shared memory
+    # (ops/titans_linear/fused.py): a grid much smaller than the SM count leaves the GPU idle
+    # through the recurrence. Rows are the fewest sequences (packed documents only add programs).
+    cfg = load_config(path)
+    if cfg.model.mixer != "titans" or cfg.model.memory != "linear" or cfg.train.seq_len < 1024:
+        pytest.skip("not a GPU config of the fused kernel")
+    programs = cfg.train.micro_batch * cfg.model.n_heads // cfg.parallel.tp
+    assert programs >= 0.7 * H100_SMS, f"{path.name}: {programs} programs for {H100_SMS} SMs"
 
 
 def test_estimate_moves_with_batch_zero_stage_and_documents():

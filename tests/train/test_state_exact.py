@@ -91,17 +91,20 @@ def test_non_finite_step_under_zero2_moves_no_state(tiny_data, tmp_path):
     assert any(not torch.equal(a["fp32"], b["fp32"]) for a, b in zip(groups_3, groups_4))
 
 
-@pytest.mark.parametrize("zero_stage", [0, 2])
-def test_bf16_keeps_fp32_parameters_gradients_and_checkpoints(tiny_data, tmp_path, zero_stage):
+@pytest.mark.parametrize("zero_stage,tp", [(0, 2), (2, 1)], ids=["zero0-tp2", "zero2-dp2"])
+def test_bf16_keeps_fp32_parameters_gradients_and_checkpoints(tiny_data, tmp_path, zero_stage, tp):
     """bf16 is autocast: every parameter (the recurrence's initial states, gates and decays
     included) and every checkpointed weight stays fp32, gradients are summed in fp32, and
-    DeepSpeed steps our optimizer itself (at ZeRO-0 not its FP16_UnfusedOptimizer)."""
+    DeepSpeed steps our optimizer itself (at ZeRO-0 not its FP16_UnfusedOptimizer). ZeRO-2
+    overlaps its reductions with the backward; TP runs with one CUDA connection."""
     proc = run_probe(2, "facts", tiny_data, tmp_path, "train.dtype=bf16", f"parallel.zero_stage={zero_stage}",
-                     "train.steps=3")
+                     f"parallel.tp={tp}", "train.steps=3")
     facts = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("FACTS "))[6:])
     assert set(facts["param_dtypes"].values()) == {"torch.float32"}, facts["param_dtypes"]
     assert facts["communication_dtype"] == "torch.float32"
     assert facts["base_optimizer"] == "CMSAdamW" and "FP16" not in facts["optimizer"], facts
+    assert facts["overlap_comm"] == facts["contiguous_gradients"] == (zero_stage == 2)
+    assert facts["cuda_device_max_connections"] == ("1" if tp > 1 else None)
     module = torch.load(tmp_path / checkpoint.tag_for(3) / "mp_rank_00_model_states.pt", weights_only=False)["module"]
     assert {str(v.dtype) for v in module.values() if torch.is_tensor(v)} == {"torch.float32"}
     m = metrics(tmp_path)

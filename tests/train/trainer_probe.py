@@ -5,19 +5,61 @@ MODE:
                restored, written back, so a test can compare it with the state it was read from
   nan_at=STEP  train, with the loss of data-parallel rank 1 made NaN at STEP (a bad batch), so a
                test can check that the skipped step moved nothing
+  host_reads   train with every read of a tensor's values by the host (item, tolist, nonzero,
+               bool/int/float of a tensor, ...) counted inside `train_step`, by call site, and
+               print one line `HOST_READS {json}` per rank
   facts        train, then print one line `FACTS {json}` from rank 0: the process group's backend
                per device, megatron's groups' device types, parameter dtypes, the gradient
-               communication dtype and the optimizer DeepSpeed steps
+               communication dtype, the optimizer DeepSpeed steps, its ZeRO overlap settings and
+               CUDA_DEVICE_MAX_CONNECTIONS
 """
 
 import json
+import os
 import sys
+from collections import Counter
 
 import torch
 import torch.distributed as dist
+from torch.overrides import TorchFunctionMode
 
 from hope_mega.config import load_config
 from hope_mega.train import Trainer
+
+
+# The ops that make the host wait for a GPU tensor's values (what torch.cuda.set_sync_debug_mode
+# reports on a GPU). On the CPU nothing waits, so they are counted instead.
+HOST_READS = {
+    torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.nonzero, torch.nonzero, torch.Tensor.numpy,
+    torch.Tensor.__bool__, torch.Tensor.__int__, torch.Tensor.__float__, torch.Tensor.__index__,
+    torch.Tensor.masked_select, torch.masked_select, torch.Tensor.unique, torch.unique,
+}
+
+
+class CountHostReads(TorchFunctionMode):
+    """Counts host reads by call site: `hope_mega/<file>:<function>` of the innermost project
+    frame, or `<package>:<function>` of the innermost library frame outside torch."""
+
+    def __init__(self):
+        super().__init__()
+        self.sites: Counter = Counter()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in HOST_READS:
+            self.sites[self._site()] += 1
+        return func(*args, **(kwargs or {}))
+
+    @staticmethod
+    def _site() -> str:
+        frame = sys._getframe(2)
+        while frame is not None:
+            path = frame.f_code.co_filename
+            if "/hope_mega/" in path:
+                return "hope_mega/" + path.split("/hope_mega/", 1)[1] + ":" + frame.f_code.co_name
+            if "/site-packages/" in path and "/site-packages/torch/" not in path:
+                return path.split("/site-packages/", 1)[1].split("/")[0] + ":" + frame.f_code.co_name
+            frame = frame.f_back
+        return "other"
 
 
 def facts(trainer: Trainer) -> dict:
@@ -33,6 +75,9 @@ def facts(trainer: Trainer) -> dict:
         "communication_dtype": str(engine.communication_data_type),
         "optimizer": type(engine.optimizer).__name__,
         "base_optimizer": type(getattr(engine.optimizer, "optimizer", engine.optimizer)).__name__,
+        "overlap_comm": engine.zero_overlap_comm(),
+        "contiguous_gradients": engine.zero_contiguous_gradients(),
+        "cuda_device_max_connections": os.environ.get("CUDA_DEVICE_MAX_CONNECTIONS"),
     }
 
 
@@ -57,7 +102,19 @@ def main() -> int:
                 return value
 
             trainer._loss = poisoned
+        reads = CountHostReads()
+        if mode == "host_reads":
+            step = trainer.train_step
+
+            def watched():
+                with reads:
+                    return step()
+
+            trainer.train_step = watched
         code = trainer.run()
+        if mode == "host_reads":
+            print("HOST_READS " + json.dumps({"rank": dist.get_rank(), "steps": trainer.step,
+                                             "sites": dict(reads.sites)}), flush=True)
         if mode == "facts" and dist.get_rank() == 0:
             print("FACTS " + json.dumps(facts(trainer)), flush=True)
         return code

@@ -23,7 +23,9 @@ import os
 
 import torch
 
-from ..common import MEM_MAIN, MEMORIES, ChunkSchedule, check_inputs, compute_dtype, sequence_lengths
+from ..common import (
+    MEM_MAIN, MEMORIES, ChunkSchedule, check_inputs, compute_dtype, host_to_device, sequence_lengths,
+)
 from .chunk import chunk_reads
 
 
@@ -62,10 +64,10 @@ def titans_fla(
 
     # Per step, the real tokens of the running sequences and their fla varlen boundaries. Kept on
     # the host as well, so fla need not copy cu_seqlens back from the device at every call.
-    valid_cpu = sched.valid.cpu()
-    real = [ok.flatten().nonzero().squeeze(1).to(u_q.device) for ok in valid_cpu.split(sched.active)]
+    valid_cpu = sched.valid_host
+    real = [host_to_device(ok.flatten().nonzero().squeeze(1), u_q.device) for ok in valid_cpu.split(sched.active)]
     cu_cpu = [torch.nn.functional.pad(ok.sum(1).cumsum(0), (1, 0)) for ok in valid_cpu.split(sched.active)]
-    cu_dev = [c.to(u_q.device) for c in cu_cpu]
+    cu_dev = [host_to_device(c, u_q.device) for c in cu_cpu]
     # Position of every token's output in the step-major list of real tokens.
     real_rank = sched.valid.flatten().long().cumsum(0) - 1
     token_pos = real_rank[sched.scatter_index]

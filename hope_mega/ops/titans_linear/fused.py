@@ -43,6 +43,7 @@ from ..common import (
     NORM_EPS,
     check_inputs,
     compute_dtype,
+    host_to_device,
     sequence_lengths,
 )
 
@@ -312,7 +313,7 @@ def _layout(B, T, chunk_size, cu_seqlens, device):
     slot0 = [0]
     for n in n_chunks:
         slot0.append(slot0[-1] + n + 1)
-    as_tensor = lambda xs: torch.tensor(xs, dtype=torch.int64, device=device)  # noqa: E731
+    as_tensor = lambda xs: host_to_device(torch.tensor(xs, dtype=torch.int64), device)  # noqa: E731
     return as_tensor(cu), as_tensor(slot0[:-1]), as_tensor(n_chunks), slot0[-1]
 
 
