@@ -6,7 +6,7 @@ memory, and a save + resume that must continue bitwise.
   tokenizer and MDS rows of --seq-len tokens (hope-mega tokenizer train + hope-mega prep).
 
     python bench/gpu/train_check.py train --config hope-760m --data DIR --work DIR \
-        --seq-len 4096 --micro-batch 2 --steps 4 --resume-at 2
+        --seq-len 4096 --micro-batch 8 --steps 4 --resume-at 2
   run A: `torchrun --nproc_per_node 1 -m hope_mega.train` for --steps optimizer steps of one
   GPU (global batch = micro batch, no accumulation; NCCL on a GPU, gloo on the CPU; bf16 autocast
   on a GPU; configs' parallel.zero_stage, DeepSpeed ZeRO-1 for the 760M models), checkpointing at
