@@ -302,8 +302,12 @@ def build_train_loader(
         num_canonical_nodes=num_canonical_nodes,
         replication=replication,
     )
+    # Its own generator: every new iterator (each epoch, and the first after a resume) draws its
+    # workers' base seed from it, and drawing from the global RNG instead would leave a resumed
+    # run's RNG one draw off an uninterrupted run's. The rows themselves come from streaming's seed.
     dataloader = torch.utils.data.DataLoader(
         dataset, batch_size=micro_batch, num_workers=num_workers, drop_last=True,
+        generator=torch.Generator().manual_seed(seed),
     )
     return TokenLoader(
         dataset, dataloader, paths=paths, weights=weights, seq_len=seq_len,

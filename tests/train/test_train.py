@@ -131,6 +131,11 @@ def test_kill_9_and_restart_continues_exactly(dp2, tiny_data, tmp_path, variant)
             assert torch.equal(value, final_b[key]), key
     if variant == M3:
         assert_same_m3_state(dp2 / checkpoint.tag_for(9), tmp_path / checkpoint.tag_for(9))
+    # The RNG each rank carries on (dropout-free today, but anything random later would diverge).
+    for rank in (0, 1):
+        rng_a, rng_b = (torch.load(d / checkpoint.tag_for(9) / f"rank_{rank:05d}.pt", weights_only=False)["torch_rng"]
+                        for d in (dp2, tmp_path))
+        assert torch.equal(rng_a, rng_b), f"rank {rank}: the torch RNG after the resume differs"
 
 
 def assert_same_m3_state(a, b):
