@@ -29,10 +29,16 @@ def predictions(logits_fn: LogitsFn, batch: SyntheticBatch, batch_size: int = 16
 
 
 def score(logits_fn: LogitsFn, batch: SyntheticBatch, batch_size: int = 16) -> dict:
-    """accuracy: fraction of answer tokens right; exact_match: fraction of examples with all right."""
+    """accuracy: fraction of answer tokens right; exact_match: fraction of examples with all right;
+    accuracy_by_answer: the accuracy of each example's 1st, 2nd, ... answer (MQAR's queries in
+    order, passkey's digits), where every example has the same number of answers."""
     pred = predictions(logits_fn, batch, batch_size)
     right = (pred == batch.labels) & batch.loss_mask
     per_example = right.sum(1) == batch.loss_mask.sum(1)
+    counts = batch.loss_mask.sum(1)
+    by_answer = None
+    if len(batch) and bool((counts == counts[0]).all()):
+        by_answer = right[batch.loss_mask].view(len(batch), -1).float().mean(0).tolist()
     return {
         "accuracy": right.sum().item() / max(batch.loss_mask.sum().item(), 1),
         "exact_match": per_example.float().mean().item(),
@@ -40,4 +46,5 @@ def score(logits_fn: LogitsFn, batch: SyntheticBatch, batch_size: int = 16) -> d
         "answers": int(batch.loss_mask.sum().item()),
         "examples": len(batch),
         "seq_len": batch.input_ids.shape[1],
+        "accuracy_by_answer": by_answer,
     }

@@ -58,18 +58,21 @@ def _need(vocab: int, first_id: int, needed: int, task: str) -> None:
 def make_mqar(
     n: int, seq_len: int, vocab: int, num_pairs: int, seed: int, num_queries: int | None = None, first_id: int = 4
 ) -> SyntheticBatch:
-    """Ids: first_id is the filler, then the keys, then as many values. The queried keys are
-    distinct, drawn from the pairs, and placed at random even offsets of the query region."""
+    """Ids: first_id is the filler, then the keys, then as many values. Each query asks for one
+    of the pairs drawn independently (with replacement) and sits at a random even offset of the
+    query region. Independent draws make every answer a recall: were each key asked exactly once,
+    the last answer would follow by elimination from the values not yet asked for, and a model
+    could score (1 + 1/2 + ... + 1/n)/n of n answers without recalling anything."""
     num_queries = num_pairs if num_queries is None else num_queries
     n_keys = (vocab - first_id - 1) // 2
     _need(vocab, first_id, 1 + 2 * num_pairs, "mqar")
     if num_pairs > n_keys:
         raise ValueError(f"mqar: {num_pairs} distinct keys do not fit in {n_keys} key ids")
     region = seq_len - 2 * num_pairs
-    if num_queries > num_pairs or region < 2 * num_queries:
+    if region < 2 * num_queries:
         raise ValueError(
             f"mqar: seq_len {seq_len} holds {num_pairs} pairs and at most {max(region, 0) // 2} queries, "
-            f"asked for {num_queries} (at most num_pairs)"
+            f"asked for {num_queries}"
         )
     rng = np.random.default_rng(seed)
     filler, key0, value0 = first_id, first_id + 1, first_id + 1 + n_keys
@@ -80,7 +83,7 @@ def make_mqar(
         values = rng.integers(0, n_keys, num_pairs) + value0
         ids[i, 0 : 2 * num_pairs : 2] = keys
         ids[i, 1 : 2 * num_pairs : 2] = values
-        which = rng.choice(num_pairs, num_queries, replace=False)
+        which = rng.integers(0, num_pairs, num_queries)
         slots = np.sort(rng.choice(region // 2, num_queries, replace=False))
         pos = 2 * num_pairs + 2 * slots
         ids[i, pos] = keys[which]

@@ -137,6 +137,29 @@ def test_random_guesser_scores_chance(task):
     assert wrong["accuracy"] == 0.0
 
 
+def test_mqar_answers_cannot_be_had_by_elimination():
+    # 8 queries over 8 pairs: drawn independently, almost every example asks some key twice (the
+    # chance that one does not is 8!/8^8 = 0.24%), so the values not yet asked for do not give
+    # the last answer away.
+    batch = make_mqar(500, 64, VOCAB, num_pairs=8, seed=3, first_id=FIRST)
+    repeats = 0
+    for row, mask in zip(batch.input_ids.tolist(), batch.loss_mask.tolist()):
+        asked = [row[t] for t in range(len(row)) if mask[t]]  # the mask sits on the queried key
+        repeats += len(set(asked)) < len(asked)
+    assert repeats >= 490
+    # The accuracy of each query in order: a model wrong on every first query and right after.
+    oracle = mqar_oracle(batch.input_ids)
+
+    def first_wrong(ids):
+        logits = oracle.clone()
+        first = batch.loss_mask.float().argmax(1)  # each row's first answer position
+        logits[torch.arange(len(ids)), first] *= -1
+        return logits
+
+    res = score(first_wrong, batch, batch_size=500)
+    assert res["accuracy_by_answer"] == [0.0] + [1.0] * 7
+
+
 def test_bad_sizes_are_refused():
     with pytest.raises(ValueError, match="mqar: seq_len 20 holds 8 pairs and at most 2 queries, asked for 8"):
         make_mqar(1, 20, VOCAB, num_pairs=8, seed=0)
