@@ -99,6 +99,16 @@ class MetricsLogger:
             self.wandb.finish()
 
 
+def read_training_records(save_dir: str | Path) -> dict[int, dict[str, Any]]:
+    """step -> the training record (the one with a loss) logged at that step in metrics.jsonl."""
+    out = {}
+    for line in (Path(save_dir) / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if "loss" in record:
+            out[record["step"]] = record
+    return out
+
+
 def _fmt(key: str, value: Any) -> str:
     if isinstance(value, float):
         if key == "lr":

@@ -33,7 +33,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -45,6 +44,9 @@ from typing import Callable
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
+sys.path.insert(0, str(ROOT))
+
+from hope_mega.process_tree import kill_tree  # noqa: E402  (the repository, not an install)
 
 # fla's test tolerances for bf16 (tests/ops/test_fused.py): relative RMS of outputs / gradients.
 TOL_OUT, TOL_GRAD = 5e-3, 2e-2
@@ -322,28 +324,6 @@ def _json_after(lines: list[str], prefix: str) -> list[dict]:
             except ValueError:
                 pass
     return out
-
-
-def kill_tree(pid: int) -> None:
-    """SIGKILL a process and every descendant (torchrun's workers run in sessions of their own)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    todo, tree = [pid], []
-    while todo:
-        p = todo.pop()
-        tree.append(p)
-        todo.extend(children.get(p, []))
-    for sig in (signal.SIGSTOP, signal.SIGKILL):
-        for p in tree:
-            try:
-                os.kill(p, sig)
-            except (ProcessLookupError, PermissionError):
-                pass
 
 
 def child_env(ctx: Ctx) -> dict:

@@ -38,6 +38,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from hope_mega.metrics import read_training_records  # noqa: E402
+
 
 def log(message: str) -> None:
     print(f"kit: {message}", flush=True)
@@ -106,15 +108,6 @@ def launch(args, save_dir: Path, name: str, timeout: float) -> tuple[str, float]
         raise SystemExit(f"{name}: the trainer exited with {proc.returncode} after {seconds:.0f} s:\n{tail}")
     log(f"{name}: done in {seconds:.1f} s")
     return text, seconds
-
-
-def metrics(save_dir: Path) -> dict[int, dict]:
-    out = {}
-    for line in (save_dir / "metrics.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        if "loss" in rec:
-            out[rec["step"]] = rec
-    return out
 
 
 def _load(path: Path):
@@ -258,7 +251,7 @@ def train(args) -> dict:
         result["resume_skipped"] = skipped
     start_wall = time.time()
     text_a, result["run_a_s"] = launch(args, save_dir, "run_a", deadline - time.monotonic())
-    m_a = metrics(save_dir)
+    m_a = read_training_records(save_dir)
     found = re.search(r"process group: (\d+) ranks \(([^)]*)\)", text_a)
     result["backend"] = found.group(2) if found else None
     found = re.search(r"^layout: (.*)$", text_a, re.M)
@@ -292,7 +285,7 @@ def train(args) -> dict:
         shutil.copy(save_dir / "metrics.jsonl", ref / "metrics.jsonl")
         text_b, result["run_b_s"] = launch(args, save_dir, "run_b", deadline - time.monotonic())
         resumed = f"resumed from {save_dir / checkpoint.tag_for(k)} at step {k}"
-        m_b = metrics(save_dir)
+        m_b = read_training_records(save_dir)
         later = [s for s in range(k + 1, args.steps + 1)]
         resume = {
             "from_step": k, "to_step": args.steps, "resumed": resumed in text_b,

@@ -52,12 +52,13 @@ def train(steps, docs_per_row, rows=8, seed=0, fixed_set=None):
 
 @pytest.mark.parametrize("docs_per_row", [1, 2], ids=["unpacked", "packed"])
 def test_hope_tiny_trains_on_a_fixed_copy_set(docs_per_row):
-    # 200 steps over 8 fixed batches: the loss on the copied tokens must fall far below guessing
-    # (ln 14 = 2.64), whether the documents sit one per row or packed two to a row.
-    _, losses = train(200, docs_per_row, fixed_set=8)
+    # 100 steps over 8 fixed batches: the loss on the copied tokens must fall far below guessing
+    # (ln 14 = 2.64), whether the documents sit one per row or packed two to a row. Measured:
+    # 7.4% (one per row) and 2.6% (packed) of the start by step 100, 0.1% by step 200.
+    _, losses = train(100, docs_per_row, fixed_set=8)
     start, end = sum(losses[:8]) / 8, sum(losses[-8:]) / 8
     assert start > 2.5
-    assert end < 0.5 * start, f"copy loss {start:.3f} -> {end:.3f}"
+    assert end < 0.25 * start, f"copy loss {start:.3f} -> {end:.3f}"
 
 
 def test_same_seed_same_weights_and_losses():

@@ -1,12 +1,14 @@
 """Launch `hope-mega train` in real processes (torchrun for several) and read what they logged."""
 
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 from ports import free_port
+
+from hope_mega.metrics import read_training_records
+from hope_mega.process_tree import kill_tree  # noqa: F401  (the tests kill runs through this module)
 
 CONFIG = Path(__file__).with_name("tiny.yaml")
 
@@ -47,40 +49,4 @@ def run_probe(nproc, mode, data_root, save_dir, *overrides, timeout=600) -> subp
     return proc
 
 
-def metrics(save_dir: Path) -> dict[int, dict]:
-    """step -> the training record logged at that step."""
-    out = {}
-    for line in (save_dir / "metrics.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        if "loss" in rec:
-            out[rec["step"]] = rec
-    return out
-
-
-def kill_tree(pid: int) -> None:
-    """SIGKILL a process and all its descendants at once (torchrun starts its workers in sessions
-    of their own, so killing its process group would leave them running)."""
-    import signal
-
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    todo, tree = [pid], []
-    while todo:
-        p = todo.pop()
-        tree.append(p)
-        todo.extend(children.get(p, []))
-    for p in tree:
-        try:
-            os.kill(p, signal.SIGSTOP)  # freeze first, so no process moves on while others die
-        except ProcessLookupError:
-            pass
-    for p in tree:
-        try:
-            os.kill(p, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+metrics = read_training_records  # step -> the training record logged at that step
