@@ -123,7 +123,11 @@ class ChunkSchedule:
         n_chunks = [-(-n // C) for n in lengths]
         order = sorted(range(len(lengths)), key=lambda i: -n_chunks[i])  # stable: ties keep input order
         n_sorted = [n_chunks[i] for i in order]
-        self.active = [sum(1 for n in n_sorted if n > step) for step in range(n_sorted[0] if lengths else 0)]
+        self.active, running = [], len(n_sorted)
+        for step in range(n_sorted[0] if lengths else 0):
+            while n_sorted[running - 1] <= step:  # sorted descending: the finished ones are a suffix
+                running -= 1
+            self.active.append(running)
         lens_sorted = torch.tensor([lengths[i] for i in order], dtype=torch.long)
         starts_sorted = torch.tensor([starts[i] for i in order], dtype=torch.long)
         offs = torch.arange(C, dtype=torch.long)
