@@ -7,7 +7,7 @@ MODE:
                test can check that the skipped step moved nothing
   host_reads   train with every read of a tensor's values by the host (item, tolist, nonzero,
                bool/int/float of a tensor, ...) counted inside `train_step`, by call site, and
-               print one line `HOST_READS {json}` per rank
+               write them to `train.save_dir/host_reads.rankR.json`
   facts        train, then print one line `FACTS {json}` from rank 0: the process group's backend
                per device, megatron's groups' device types, parameter dtypes, the gradient
                communication dtype, the optimizer DeepSpeed steps, its ZeRO overlap settings and
@@ -18,6 +18,7 @@ import json
 import os
 import sys
 from collections import Counter
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -112,9 +113,9 @@ def main() -> int:
 
             trainer.train_step = watched
         code = trainer.run()
-        if mode == "host_reads":
-            print("HOST_READS " + json.dumps({"rank": dist.get_rank(), "steps": trainer.step,
-                                             "sites": dict(reads.sites)}), flush=True)
+        if mode == "host_reads":  # a file per rank: lines the ranks print at once can interleave
+            report = {"rank": dist.get_rank(), "steps": trainer.step, "sites": dict(reads.sites)}
+            (Path(trainer.cfg.train.save_dir) / f"host_reads.rank{dist.get_rank()}.json").write_text(json.dumps(report))
         if mode == "facts" and dist.get_rank() == 0:
             print("FACTS " + json.dumps(facts(trainer)), flush=True)
         return code
