@@ -84,6 +84,9 @@ def main() -> int:
                 dp = nodes * 8 // cfg.parallel.tp
                 if cfg.train.global_batch % dp == 0:
                     rows.append((nodes, [f"train.micro_batch={cfg.train.global_batch // dp}"]))
+                else:
+                    print(f"(--nodes {nodes}: {dp} data-parallel ranks do not divide {Path(path).stem}'s "
+                          f"train.global_batch={cfg.train.global_batch}; no row)", file=sys.stderr)
         for nodes, extra in rows:
             e = estimate(path, args.override + extra)
             gpu_hours = e["tokens"] / e["tokens_per_s_per_gpu"] / 3600

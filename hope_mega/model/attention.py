@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -22,6 +23,7 @@ def rotary(x: torch.Tensor, position: torch.Tensor, theta: float) -> torch.Tenso
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1).to(x.dtype)
 
 
+@functools.cache  # looked up once: document_attention runs in every layer of every step
 def _varlen_attention():
     """torch's flash-attention varlen entry point and its causal keyword, where this torch has them."""
     try:
