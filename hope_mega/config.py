@@ -32,7 +32,9 @@ class CMSLevel:
 class ModelConfig:
     name: str = "hope"
     # "titans" is Hope (self-modifying Titans); "attention" is Hope-Attention, and with a single
-    # CMS level of period 1 it is Transformer++.
+    # CMS level of period 1 it is Transformer++. "gdn" is Gated DeltaNet run by fla's own code
+    # (hope_mega/model/gated_deltanet.py), an outside control for Titans with one chunk per
+    # sequence; it ignores chunk_size and memory.
     mixer: str = "titans"
     vocab_size: int = 32000
     d_model: int = 256
@@ -251,8 +253,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 
 def validate(cfg: Config) -> None:
     m, t, p = cfg.model, cfg.train, cfg.parallel
-    if m.mixer not in ("titans", "attention"):
-        raise ConfigError(f"model.mixer: {m.mixer!r} is not one of 'titans', 'attention'")
+    if m.mixer not in ("titans", "attention", "gdn"):
+        raise ConfigError(f"model.mixer: {m.mixer!r} is not one of 'titans', 'attention', 'gdn'")
     if m.memory not in ("linear", "mlp"):
         raise ConfigError(f"model.memory: {m.memory!r} is not one of 'linear', 'mlp'")
     for key in ("vocab_size", "d_model", "n_layers", "n_heads", "chunk_size", "conv_size", "memory_expansion"):

@@ -64,6 +64,26 @@ def _titans_layer_bytes_per_token(cfg: Config) -> float:
     )
 
 
+def _gdn_layer_bytes_per_token(cfg: Config) -> float:
+    """Bytes the backward keeps per token of one Gated DeltaNet mixer (this TP rank's heads), with
+    fla's chunk kernel, which saves its inputs and the [64 x 64] intra-chunk matrix per chunk and
+    recomputes the chunk states in the backward."""
+    from .model.gated_deltanet import FLA_CHUNK
+
+    m = cfg.model
+    d, h = m.d_model, m.n_heads / cfg.parallel.tp
+    dr = h * m.head_dim
+    bf16, fp32 = 2, 4
+    return (
+        d * fp32 + d * bf16  # the norm's fp32 input and its bf16 output, into the projections
+        + (4 * dr + 2 * h) * fp32  # the projections' outputs made fp32: q, k, v, gate; beta, decay
+        + 3 * dr * fp32 + 3 * dr * fp32  # conv output before SiLU, and after
+        + 2 * dr * fp32 + 2 * h * fp32  # unit q, k; beta and g: the kernel's inputs
+        + h * FLA_CHUNK * fp32  # the kernel's intra-chunk matrix
+        + 2 * dr * fp32 + dr * fp32 + dr * bf16  # o and its normalised form; SiLU(gate); out_proj's input
+    )
+
+
 def _cms_layer_bytes_per_token(cfg: Config) -> float:
     d, tp = cfg.model.d_model, cfg.parallel.tp
     per_level = [d * 4 + d * 2 + (2 * lvl.hidden / tp) * 2 + 2 * (lvl.hidden / tp) * 2 for lvl in cfg.model.cms_levels]
@@ -111,7 +131,8 @@ def estimate(cfg: Config, gpus: int, doc_len: int | None = None) -> dict[str, fl
     out["optimizer"] = master + 8 * n / shard + 4 * sizes["slow_cms_params"] / shard
 
     tokens = t.micro_batch * t.seq_len / (p.tp if p.sequence_parallel else 1)
-    mixer = _titans_layer_bytes_per_token(cfg) if m.mixer == "titans" else _attention_layer_bytes_per_token(cfg)
+    mixer = {"titans": _titans_layer_bytes_per_token, "gdn": _gdn_layer_bytes_per_token}.get(
+        m.mixer, _attention_layer_bytes_per_token)(cfg)
     layer = (mixer + _cms_layer_bytes_per_token(cfg)) * t.micro_batch * t.seq_len
     states = boundary_state_bytes_per_sequence(cfg, doc_len) * t.micro_batch if m.mixer == "titans" else 0.0
     head = t.micro_batch * t.seq_len * (m.vocab_size / p.tp) * (2 + 4 + 4)  # bf16 logits, fp32 copy, softmax

@@ -66,6 +66,16 @@ def flops_per_token(cfg: ModelConfig, seq_len: int) -> dict[str, float]:
             h = cfg.memory_expansion * D
             recurrence = (17 * 4 + 6 * M + 4) * D * h + 4 * C * D + 4 * C * h
         per_layer["titans.recurrence"] = H * recurrence
+    elif cfg.mixer == "gdn":
+        from .model.gated_deltanet import FLA_CHUNK as Cf
+
+        per_layer["gdn.projections"] = 2 * d * (4 * H * D + 2 * H) + 2 * H * D * d
+        per_layer["gdn.conv"] = 2 * 3 * H * D * cfg.conv_size
+        # Per head and token, as fla's chunk form computes it on its own 64-token chunks (not
+        # model.chunk_size), counted as titans' above with one memory: within the chunk K K^T,
+        # Q K^T and the intra-chunk output (3 x 2CD), the triangular solve for both WY factors,
+        # of k and of v (2CD); across chunks W S^T, the state update and Q S^T (3 x 2D^2).
+        per_layer["gdn.recurrence"] = H * (6 * D * D + 8 * Cf * D)
     else:
         per_layer["attention.projections"] = 2 * d * 3 * H * D + 2 * H * D * d
         # Causal: on average a token attends to seq_len / 2 positions, QK^T and PV at 2 FLOPs each.

@@ -9,6 +9,7 @@ from ..config import ModelConfig
 from .attention import AttentionMixer
 from .cms import CMS
 from .documents import Documents
+from .gated_deltanet import GatedDeltaNetMixer
 from .titans import TitansMixer
 
 
@@ -18,6 +19,8 @@ class HopeBlock(nn.Module):
         self.mixer_norm = layers.norm(cfg.d_model, cfg.norm_eps)
         if cfg.mixer == "titans":
             self.mixer = TitansMixer(cfg, layers, cfg.n_layers, impl=titans_impl)
+        elif cfg.mixer == "gdn":
+            self.mixer = GatedDeltaNetMixer(cfg, layers, cfg.n_layers)
         else:
             self.mixer = AttentionMixer(cfg, layers, cfg.n_layers)
         self.cms = CMS(cfg, layers, cfg.n_layers)
