@@ -41,6 +41,7 @@ from hope_mega.config import load_config
 from hope_mega.eval.scoring import score
 from hope_mega.eval.synthetic import make_modarith, make_mqar, make_parity
 from hope_mega.model.lm import HopeLM
+from hope_mega.ops.common import host_to_device
 from hope_mega.optim.cms_adamw import CMSAdamW, cosine_lr, param_groups
 from hope_mega.params import parameter_counts
 
@@ -55,30 +56,61 @@ MODELS = {
 TASK_VOCAB = 64  # synthetic tasks: ids 4..63 (0-3 are the tokenizer's specials)
 
 
-def build(name: str, vocab: int, device: str, seed: int):
-    file, overrides = MODELS[name]
-    cfg = load_config(ROOT / "configs" / file, [*overrides, f"model.vocab_size={vocab}"])
+def model_config(name: str, vocab: int, extra=(), models=MODELS):
+    """The config of `models[name]` at `vocab`, with `extra` overrides applied last."""
+    file, overrides = models[name]
+    return load_config(ROOT / "configs" / file, [*overrides, f"model.vocab_size={vocab}", *extra])
+
+
+def build(name: str, vocab: int, device: str, seed: int, extra=(), models=MODELS):
+    cfg = model_config(name, vocab, extra, models)
     torch.manual_seed(seed)
     return cfg, HopeLM(cfg.model, eos_id=2).to(device)
 
 
+def optimizer(model, lr: float) -> CMSAdamW:
+    return CMSAdamW(param_groups(model, 0.1), lr=lr, betas=(0.9, 0.95))
+
+
+def forward(model, ids: torch.Tensor, device: str, labels: torch.Tensor | None = None) -> torch.Tensor:
+    """model(ids) for a host batch: the document layout is worked out on the host and everything
+    is copied asynchronously, so that on a GPU the step never waits for the device."""
+    docs = model.documents(ids).to(device)
+    ids = host_to_device(ids, device)
+    return model(ids, None if labels is None else host_to_device(labels, device), docs)
+
+
+def train_step(model, opt, batch, step: int, steps: int, lr: float, device: str,
+               answers_only: bool = False) -> torch.Tensor:
+    """One step at the warmup + cosine lr of `step` of `steps`; batch = (input_ids, labels,
+    loss_mask) on the host, the mask 0/1. The loss stays on the device: reading it waits for the
+    step. answers_only: the LM head runs at the masked positions only, for the same loss and
+    gradients; where answers are few (MQAR: 4 of 64 tokens, 8192 ids) that halves the step."""
+    for group in opt.param_groups:
+        group["lr"] = cosine_lr(step, lr, max(1, steps // 20), steps, 0.1)
+    ids, labels, mask = batch
+    if answers_only:
+        at = mask.t().flatten().nonzero().squeeze(1)  # on the host: a device nonzero would wait
+        hidden = model.hidden_states(host_to_device(ids, device), model.documents(ids).to(device))
+        hidden = hidden.flatten(0, 1).index_select(0, host_to_device(at, device))
+        targets = host_to_device(labels.t().flatten()[at], device)
+        loss = model.layers.cross_entropy(model.logits(hidden)[:, None], targets[:, None]).mean()
+    else:
+        per_token = forward(model, ids, device, labels.clamp_min(0))
+        mask = host_to_device(mask, device)
+        loss = (per_token * mask).sum() / mask.sum()
+    opt.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    return loss.detach()
+
+
 def train(model, cfg, batches, steps: int, lr: float, device: str) -> list[float]:
     """batches(step) -> (input_ids, labels, loss_mask). Returns the loss of every step."""
-    opt = CMSAdamW(param_groups(model, 0.1), lr=lr, betas=(0.9, 0.95))
-    losses = []
+    opt = optimizer(model, lr)
     model.train()
-    for step in range(steps):
-        for group in opt.param_groups:
-            group["lr"] = cosine_lr(step, lr, max(1, steps // 20), steps, 0.1)
-        ids, labels, mask = (t.to(device) for t in batches(step))
-        per_token = model(ids, labels.clamp_min(0))
-        loss = (per_token * mask).sum() / mask.sum()
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        losses.append(loss.item())
-    return losses
+    return [train_step(model, opt, batches(step), step, steps, lr, device).item() for step in range(steps)]
 
 
 def lm_data(workdir: Path, seq_len: int):

@@ -1,0 +1,112 @@
+"""bench/mqar.py: a two-step sweep writes one complete record per run at matched parameter
+counts, a second invocation skips the finished runs, the report reads them back, and a run stops
+once its accuracy plateaus."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BENCH = ROOT / "bench"
+
+
+def _load_mqar():
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))  # mqar imports bench/quality.py from beside it
+    spec = importlib.util.spec_from_file_location("mqar", BENCH / "mqar.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+mqar = _load_mqar()
+
+FIELDS = {"setting", "model", "params", "lr", "seed", "steps", "tokens", "curve", "final_acc",
+          "acc_by_position", "plateaued", "seconds", "step_seconds", "num_queries", "d_model", "batch"}
+
+
+def _sweep(out: Path) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(BENCH / "mqar.py"), "--settings", "64x4", "--models", "hope,transformer",
+           "--lrs", "1e-3,3e-3", "--seeds", "0", "--batch", "4", "--steps", "2", "--eval-every", "1",
+           "--patience", "0", "--eval-examples", "8", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def test_sweep_records_resumes_and_reports(tmp_path, capsys):
+    out = tmp_path / "mqar.jsonl"
+    _sweep(out)
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted((r["model"], r["lr"]) for r in records) == [
+        ("hope", 1e-3), ("hope", 3e-3), ("transformer", 1e-3), ("transformer", 3e-3)]
+    for r in records:
+        assert FIELDS <= set(r), FIELDS - set(r)
+        assert r["setting"] == "64x4" and r["num_queries"] == 4 and r["steps"] == 2 and r["seed"] == 0
+        assert r["tokens"] == 2 * 4 * 64 and [t for t, _ in r["curve"]] == [4 * 64, 2 * 4 * 64]
+        assert r["final_acc"] == r["curve"][-1][1] and 0 <= r["final_acc"] <= 1
+        assert len(r["acc_by_position"]) == 4 and r["plateaued"] is False
+    params = [r["params"] for r in records]
+    assert max(params) / min(params) - 1 <= mqar.PARAM_TOLERANCE
+
+    with out.open("a") as f:  # a line cut short by a killed process does not stop the resume
+        f.write('{"setting": "64x4", "model": "ho')
+    again = _sweep(out)
+    assert again.stdout.count("already in") == 4 and "not a complete record" in again.stderr
+    assert len(out.read_text().splitlines()) == 5
+
+    assert mqar.main(["--report", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "### MQAR 64x4: 4 queries, d_model 128, batch 4, up to 2 steps" in text
+    assert "| model | params | best lr | acc (mean ± half-range) | seeds | lr 0.001 | lr 0.003 |" in text
+    for model in ("hope", "transformer"):
+        row = next(line for line in text.splitlines() if line.startswith(f"| {model} |"))
+        assert row.count("|") == 10 and "| 0/1 |" in row, row  # 9 columns; neither run stopped early
+    assert "| tokens | hope | transformer |" in text and "| 256 |" in text and "| 512 |" in text
+
+
+def test_plateau_rule():
+    assert not mqar.plateaued([0.0, 0.1, 0.2, 0.3, 0.4], patience=2)
+    # at chance for as long as the patience: stops on the eval after it
+    flat = [0.0, 0.0, 0.005, 0.0]
+    assert [mqar.plateaued(flat[:n], patience=3) for n in range(1, 5)] == [False, False, False, True]
+    # a slow climb is progress when it adds up to more than 0.01 over the patience
+    assert not mqar.plateaued([0.5, 0.505, 0.51, 0.515], patience=3)
+    assert mqar.plateaued([0.5, 0.503, 0.506, 0.509], patience=3)
+    # a dip and a recovery above the old best within the patience
+    assert not mqar.plateaued([0.3, 0.6, 0.2, 0.65], patience=2)
+    assert not mqar.plateaued([0.0] * 50, patience=0)
+
+
+def test_a_plateau_stops_the_run(monkeypatch):
+    scripted = iter([0.10, 0.30, 0.305, 0.30, 0.308, 0.9, 0.9])  # flat after the 2nd eval
+
+    def fake_evaluate(model, eval_set, device):
+        return {"accuracy": next(scripted), "accuracy_by_answer": [0.5] * 4}
+
+    monkeypatch.setattr(mqar, "evaluate", fake_evaluate)
+    args = type("Args", (), dict(queries=None, batch=1, steps=20, eval_every=2, patience=3, d_model=64,
+                                 eval_examples=0, device="cpu"))()
+    r = mqar.run_one(("transformer", [], "transformer"), (64, 4), 1e-3, 0, 1, None, args)
+    assert r["plateaued"] is True and r["steps"] == 10 and r["max_steps"] == 20
+    assert [a for _, a in r["curve"]] == [0.10, 0.30, 0.305, 0.30, 0.308] and r["final_acc"] == 0.308
+    assert r["best_acc"] == 0.308 and r["tokens"] == 10 * 64
+
+
+def test_model_names_carry_overrides_and_missing_configs_are_unavailable(monkeypatch):
+    one = mqar.parse_models("hope:model.chunk_size=16;model.cms_levels=[{hidden: 64, period: 1}],transformer", [])
+    assert one == [("hope", ["model.chunk_size=16", "model.cms_levels=[{hidden: 64, period: 1}]"],
+                    "hope:model.chunk_size=16;model.cms_levels=[{hidden: 64, period: 1}]"),
+                   ("transformer", [], "transformer")]
+    # --override names the run as the same override on the model does
+    assert mqar.parse_models("hope", ["model.chunk_size=16"]) == mqar.parse_models("hope:model.chunk_size=16", [])
+    with pytest.raises(SystemExit):
+        mqar.parse_models("hope,nope", [])
+    monkeypatch.setitem(mqar.CONFIGS, "absent", ("no-such-config.yaml", []))
+    assert mqar.param_count("absent", 128, []) == (None, "configs/no-such-config.yaml does not exist")
+    count, why = mqar.param_count("hope", 128, ["model.mixer=no-such-mixer"])
+    assert count is None and "model.mixer" in why
