@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -25,6 +25,7 @@ class Documents:
     doc_id: torch.Tensor
     cu_seqlens_host: tuple[int, ...] | None = None
     max_len: int = 0
+    _crossings: dict = field(default_factory=dict, repr=False, compare=False)
 
     @staticmethod
     def from_tokens(input_ids: torch.Tensor, eos_id: int | None) -> "Documents":
@@ -56,3 +57,26 @@ class Documents:
         move = lambda t: None if t is None else host_to_device(t, device)  # noqa: E731
         return Documents(move(self.cu_seqlens), move(self.position), move(self.doc_id),
                          self.cu_seqlens_host, self.max_len)
+
+    def conv_crossings(self, window: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """The taps of a causal conv of `window` taps that cross a document start inside a row,
+        as flat token indices (output, input) and the weight column of the tap; None if there are
+        none. Laid out on the host from the offsets, once per batch and window, and moved once."""
+        if self.cu_seqlens_host is None:
+            return None
+        if window not in self._crossings:
+            T = self.position.shape[1]
+            out, src, tap = [], [], []
+            cu = self.cu_seqlens_host
+            for start, end in zip(cu, cu[1:]):
+                row_start = start - start % T
+                for t in range(start, min(end, start + window - 1)):
+                    for j in range(t - start + 1, min(window, t - row_start + 1)):
+                        out.append(t)
+                        src.append(t - j)
+                        tap.append(window - 1 - j)
+            device = self.position.device
+            self._crossings[window] = (
+                tuple(host_to_device(torch.tensor(v, dtype=torch.long), device) for v in (out, src, tap)) if out else None
+            )
+        return self._crossings[window]

@@ -90,12 +90,15 @@ class TitansMixer(nn.Module):
         # recurrence's matmuls in bf16 whatever their inputs' dtype.
         with torch.autocast(z.device.type, enabled=False):
             z = z.transpose(0, 1).float().reshape(B, T, len(SECTIONS), H, D)
-            qkv = F.silu(document_causal_conv(z[:, :, :3], self.conv_weight.float(), docs.position))
+            # One split, not a select per section: each select's backward zero-fills a gradient
+            # of all of z.
+            qkv, u_eta, u_alpha, gate = z.split([3, 1, 1, 1], dim=2)
+            qkv = F.silu(document_causal_conv(qkv, self.conv_weight.float(), docs))
             o, _ = titans(
-                *qkv.unbind(2), z[:, :, 3], z[:, :, 4],
+                *qkv.unbind(2), u_eta.squeeze(2), u_alpha.squeeze(2),
                 self.s0, self.w_eta, self.b_eta, self.w_alpha, self.b_alpha, self.a_log,
                 chunk_size=self.chunk_size, cu_seqlens=docs.cu_seqlens_host, memory=self.memory, impl=self.impl,
             )  # fmt: skip
             o = o * torch.rsqrt(o.square().mean(-1, keepdim=True) + self.eps) * self.out_norm
-            y = (o * F.silu(z[:, :, 5])).to(x.dtype).reshape(B, T, H * D).transpose(0, 1)
+            y = (o * F.silu(gate.squeeze(2))).to(x.dtype).reshape(B, T, H * D).transpose(0, 1)
         return self.out_proj(y)

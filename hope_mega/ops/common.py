@@ -164,23 +164,28 @@ class ChunkSchedule:
 def run_chunks(chunk_step, us, s0, params, chunk_size, cu_seqlens, output_final_state):
     """The serial chunk loop of a chunk-wise form, over every sequence of a (packed) batch at once.
 
-    `chunk_step(S, u_q, u_k, u_v, u_eta, u_alpha, valid, *params)` takes the memories of the n
-    sequences still running at their chunk start, S [n, *s0.shape], and their chunk's inputs
-    [n, C, H, D], and returns the main memory's outputs [n, C, H, D] and the memories at the chunk
-    end. Returns o [B, T, H, D] and, if asked, the final memories [N, *s0.shape].
+    `chunk_step(S, u_q, u_k, u_v, u_eta, u_alpha, valid, *params, carry=m)` takes the memories at
+    the chunk start of the n sequences still running, S [n, *s0.shape], or [1, *s0.shape] at the
+    first step, where every sequence starts from s0 (kept shared rather than copied n times), and
+    their chunk's inputs [n, C, H, D]. It returns the main memory's outputs [n, C, H, D] and the
+    chunk-end memories of the first m sequences only, or None for m = 0: a sequence whose last
+    chunk this is needs no chunk-end state unless the final states are asked for, and at short
+    documents that update is most of the state work. Returns o [B, T, H, D] and, if asked, the
+    final memories [N, *s0.shape].
     """
     B, T, H, D = us[0].shape
     sched = ChunkSchedule(sequence_lengths(B, T, cu_seqlens), chunk_size, us[0].device)
     dt = compute_dtype(us[0])
     slots = sched.gather(*us, dtype=dt)  # [slots, C, 5, H, D]
     params = [p.to(dt) for p in params]
-    S = s0.to(dt).expand(sched.num_sequences, *s0.shape)
+    S = s0.to(dt)[None]
     outs, finished = [], []
     for step, (xs, ok) in enumerate(zip(slots.split(sched.active), sched.valid.split(sched.active))):
-        o, S = chunk_step(S, *xs.unbind(2), ok, *params)
-        outs.append(o)
         still = sched.active[step + 1] if step + 1 < len(sched.active) else 0
-        finished.append(S[still:])  # sequences whose last chunk this was
-        S = S[:still]
+        o, S = chunk_step(S, *xs.unbind(2), ok, *params, carry=sched.active[step] if output_final_state else still)
+        outs.append(o)
+        if output_final_state:
+            finished.append(S[still:])  # sequences whose last chunk this was
+            S = S[:still]
     o = torch.cat(outs).flatten(0, 1)[sched.scatter_index].reshape(B, T, H, D)
     return o, (sched.final_states(finished) if output_final_state else None)

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from hope_mega.model.attention import _varlen_attention, document_attention
+from hope_mega.model.conv import document_causal_conv
 from hope_mega.model.documents import Documents
 from hope_mega.ops import titans_chunk
 
@@ -44,6 +45,38 @@ def test_titans_ops_take_the_host_offsets_as_they_take_the_tensor():
     a, sa = titans_chunk(*us, *params, chunk_size=4, cu_seqlens=torch.tensor(cu), output_final_state=True)
     b, sb = titans_chunk(*us, *params, chunk_size=4, cu_seqlens=cu, output_final_state=True)
     assert torch.equal(a, b) and torch.equal(sa, sb)
+
+
+def per_document_conv(x, weight, docs):
+    """The definition: each document convolved on its own, with zeros before its first token."""
+    B, T = x.shape[:2]
+    K = weight.shape[-1]
+    flat = x.reshape(B * T, *x.shape[2:])
+    out = torch.zeros_like(flat)
+    cu = docs.cu_seqlens_host
+    for a, b in zip(cu, cu[1:]):
+        for t in range(a, b):
+            for j in range(min(K, t - a + 1)):
+                out[t] += weight[..., K - 1 - j] * flat[t - j]
+    return out.view_as(x)
+
+
+@pytest.mark.parametrize("window", [1, 2, 4])
+def test_short_conv_restarts_at_every_document(window):
+    torch.manual_seed(0)
+    docs = Documents.from_tokens(packed_ids(), EOS)
+    x = torch.randn(3, 40, 2, 3, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(2, 3, window, dtype=torch.float64, requires_grad=True)
+    fast, ref = document_causal_conv(x, w, docs), per_document_conv(x, w, docs)
+    assert (fast - ref).abs().max() <= 1e-12
+    g = torch.randn_like(ref)
+    grads = torch.autograd.grad((fast * g).sum(), (x, w))
+    ref_grads = torch.autograd.grad((ref * g).sum(), (x, w))
+    assert all((a - b).abs().max() <= 1e-12 for a, b in zip(grads, ref_grads))
+    if window > 1:  # the documents starting inside rows 0 and 2 do cross a tap
+        assert docs.conv_crossings(window) is not None
+    rows = Documents.from_tokens(packed_ids(), None)
+    assert (document_causal_conv(x, w, rows) - per_document_conv(x, w, Documents(None, rows.position, rows.doc_id, (0, 40, 80, 120)))).abs().max() <= 1e-12
 
 
 def per_document_attention(q, k, v, docs):

@@ -15,8 +15,11 @@ NAMES = ["u_q", "u_k", "u_v", "u_eta", "u_alpha", "s0", "w_eta", "b_eta", "w_alp
 def assert_forms_agree(inp, chunk_size, cu_seqlens=None):
     o_ref, s_ref, g_ref = run_with_grads(titans_reference, inp.leaves(), chunk_size, cu_seqlens)
     o_chk, s_chk, g_chk = run_with_grads(titans_chunk, inp.leaves(), chunk_size, cu_seqlens)
-    assert (o_ref - o_chk).abs().max() <= 1e-5
-    assert (s_ref - s_chk).abs().max() <= 1e-5
+    # Both forms run in fp32: at T = 200, C = 8 (25 chunks) each is up to ~1e-5 from the fp64
+    # reference (the reference 4.9e-6, the chunk form, which applies (I + A)^-1 as a matrix like
+    # fla's WY form, 8.8e-6), so they may differ by their sum. Exactness is the fp64 test below.
+    assert (o_ref - o_chk).abs().max() <= 2e-5
+    assert (s_ref - s_chk).abs().max() <= 2e-5
     for name, a, b in zip(NAMES, g_ref, g_chk):
         rel = (a - b).norm() / a.norm().clamp_min(1e-12)
         assert rel <= 1e-4, f"gradient of {name}: relative error {rel:.2e}"

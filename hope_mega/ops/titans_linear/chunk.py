@@ -28,16 +28,23 @@ from ..common import (
 )
 
 
+# The memories a chunk writes: all six, or only the main one when no sequence needs its
+# chunk-end states (the others feed only later chunks). The main memory is the last, so its
+# values are the last D columns either way.
+ALL_MEMORIES, MAIN_ONLY = slice(None), slice(MEM_MAIN, MEM_MAIN + 1)
+assert MEM_MAIN == len(MEMORIES) - 1
+
+
 def _read(S: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """M(u) = u + S u for a chunk: S [n, H, D, D], u [n, C, H, D]."""
+    """M(u) = u + S u for a chunk: S [n or 1, H, D, D], u [n, C, H, D]."""
     return u + torch.einsum("nhij,nchj->nchi", S, u)
 
 
-def chunk_reads(S, uq, uk, uv, ue, ua, w_eta, b_eta, w_alpha, b_alpha, a_log):
-    """What a chunk reads from the states at its start, S [n, H, 6, D, D], inputs [n, C, H, D].
+def chunk_reads(S, uq, uk, uv, ue, ua, w_eta, b_eta, w_alpha, b_alpha, a_log, written=ALL_MEMORIES):
+    """What a chunk reads from the states at its start, S [n or 1, H, 6, D, D], inputs [n, C, H, D].
 
-    Returns q, k [n, C, H, D], the delta-rule values v_hat_m - k of the six memories stacked
-    [n, C, H, 6*D], and beta, g [n, C, H].
+    Returns q, k [n, C, H, D], the delta-rule values v_hat_m - k of the `written` memories stacked
+    [n, C, H, m*D], and beta, g [n, C, H].
     """
     n, C, H, D = uq.shape
     k = unit_norm(_read(S[:, :, MEM_K], uk))
@@ -48,46 +55,55 @@ def chunk_reads(S, uq, uk, uv, ue, ua, w_eta, b_eta, w_alpha, b_alpha, a_log):
     r_alpha = w_alpha + torch.einsum("nhij,hi->nhj", S[:, :, MEM_ALPHA], w_alpha)
     beta = learning_rate(torch.einsum("nchd,nhd->nch", ue, r_eta) + b_eta)
     g = log_decay(torch.einsum("nchd,nhd->nch", ua, r_alpha) + b_alpha, a_log)
-    v_hat = unit_norm(v[:, :, :, None] + torch.einsum("nhmij,nchj->nchmi", S, v))  # [n, C, H, 6, D]
-    values = (v_hat - k[:, :, :, None]).reshape(n, C, H, len(MEMORIES) * D)
+    v_hat = unit_norm(v[:, :, :, None] + torch.einsum("nhmij,nchj->nchmi", S[:, :, written], v))  # [n, C, H, m, D]
+    values = (v_hat - k[:, :, :, None]).flatten(-2)
     return q, k, values, beta, g
 
 
-def _chunk_step(S, uq, uk, uv, ue, ua, valid, w_eta, b_eta, w_alpha, b_alpha, a_log):
+def _chunk_step(S, uq, uk, uv, ue, ua, valid, w_eta, b_eta, w_alpha, b_alpha, a_log, carry):
     """One self-modification chunk for n sequences at once.
 
-    S [n, H, 6, D, D] are the states at the chunk start, inputs [n, C, H, D]. Returns the main
-    memory's output [n, C, H, D] and the states at the chunk end.
+    S [n or 1, H, 6, D, D] are the states at the chunk start (1: shared by all), inputs
+    [n, C, H, D]. Returns the main memory's output [n, C, H, D] and the states at the chunk end
+    of the first `carry` sequences (None for none). S is only ever multiplied through einsum,
+    which broadcasts a shared state without copying it n times (matmul would).
     """
     n, C, H, D = uq.shape
-    q, k, values, beta, g = chunk_reads(S, uq, uk, uv, ue, ua, w_eta, b_eta, w_alpha, b_alpha, a_log)
+    written = ALL_MEMORIES if carry else MAIN_ONLY
+    q, k, values, beta, g = chunk_reads(S, uq, uk, uv, ue, ua, w_eta, b_eta, w_alpha, b_alpha, a_log, written)
     # Padding (past a sequence's end) gets beta = 0 and g = 0: it leaves the state untouched.
     mask = valid[:, :, None].to(beta.dtype)
     beta, g = beta * mask, g * mask
 
-    # Gated delta rule over the chunk, heads first: values are the six blocks v_hat - k.
-    M = len(MEMORIES)
+    # Gated delta rule over the chunk, heads first: values are the blocks v_hat - k.
     K = k.transpose(1, 2)  # [n, H, C, D]
     Q = q.transpose(1, 2)
-    V = values.transpose(1, 2)  # [n, H, C, 6D]
+    V = values.transpose(1, 2)  # [n, H, C, m*D]
     beta = beta.transpose(1, 2)  # [n, H, C]
     G = g.transpose(1, 2).cumsum(-1)  # log of the decay from the chunk start, <= 0
-    S0 = S.reshape(n, H, M * D, D)
+    S0 = S[:, :, written].flatten(2, 3)  # [n or 1, H, m*D, D]
     causal = torch.ones(C, C, dtype=torch.bool, device=uq.device).tril()
     # exp(G_t - G_j) masked before the exp: exp(G_t) * exp(-G_j) overflows for long chunks.
     decay = (G[..., :, None] - G[..., None, :]).masked_fill(~causal, float("-inf")).exp()
     KK = K @ K.transpose(-1, -2)
     A = (beta[..., :, None] * decay * KK).tril(-1)
-    rhs = beta[..., None] * (V - G.exp()[..., None] * (K @ S0.transpose(-1, -2)))
+    rhs = beta[..., None] * (V - G.exp()[..., None] * torch.einsum("nhij,nhcj->nhci", S0, K))
     # U = (I + A)^-1 rhs: the per-token "new values" u_t = beta_t (v_t - alpha_t S_{t-1} k_t).
-    U = torch.linalg.solve_triangular(A, rhs, upper=False, unitriangular=True)
-    mem = slice(MEM_MAIN * D, (MEM_MAIN + 1) * D)
-    S_mem = S[:, :, MEM_MAIN]
-    O = G.exp()[..., None] * (Q @ S_mem.transpose(-1, -2)) + (decay * (Q @ K.transpose(-1, -2))) @ U[..., mem]
-    out = Q + O  # M_mem(q) = q + S_mem q, read after the write
+    # The inverse is formed once, C columns, and applied by one matmul: a batched triangular
+    # solve against all m*D value columns is several times slower on CPU than a matmul.
+    eye = torch.eye(C, dtype=A.dtype, device=A.device)
+    U = torch.linalg.solve_triangular(A, eye, upper=False, unitriangular=True) @ rhs
+    O = G.exp()[..., None] * torch.einsum("nhij,nhcj->nhci", S[:, :, MEM_MAIN], Q)
+    O = O + (decay * (Q @ K.transpose(-1, -2))) @ U[..., -D:]
+    out = (Q + O).transpose(1, 2)  # M_mem(q) = q + S_mem q, read after the write
+    if not carry:
+        return out, None
+    if carry < n:
+        U, K, G = U[:carry], K[:carry], G[:carry]
+        S0 = S0[:carry] if S0.shape[0] > 1 else S0
     G_end = G[..., -1:]
     S_next = G_end.exp()[..., None] * S0 + (U * (G_end - G).exp()[..., None]).transpose(-1, -2) @ K
-    return out.transpose(1, 2), S_next.reshape(n, H, M, D, D)
+    return out, S_next.unflatten(2, (len(MEMORIES), D))
 
 
 def titans_chunk(

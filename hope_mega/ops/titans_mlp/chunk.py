@@ -52,9 +52,11 @@ def _mlp(w1: torch.Tensor, w2t: torch.Tensor, u: torch.Tensor):
     return z, a, u + a @ w1.transpose(-1, -2)
 
 
-def _chunk_step(S, uq, uk, uv, ue, ua, valid, w_eta, b_eta, w_alpha, b_alpha, a_log):
-    """One self-modification chunk for n sequences: S [n, H, 6, 2, D, h] at the chunk start,
-    inputs [n, C, H, D]. Returns the main memory's output [n, C, H, D] and the chunk-end weights."""
+def _chunk_step(S, uq, uk, uv, ue, ua, valid, w_eta, b_eta, w_alpha, b_alpha, a_log, carry):
+    """One self-modification chunk for n sequences: S [n or 1, H, 6, 2, D, h] at the chunk start
+    (1: shared by all), inputs [n, C, H, D]. Returns the main memory's output [n, C, H, D] and the
+    chunk-end weights of the first `carry` sequences (None for none)."""
+    S = S.expand(uq.shape[0], *S.shape[1:])
     w1, w2t = S[:, :, :, W1], S[:, :, :, W2T]  # [n, H, 6, D, h]
     # Reads at W̄: memories k, v, q, eta, alpha each on their own input, heads first.
     U = torch.stack([x.transpose(1, 2) for x in (uk, uv, uq, ue, ua)], 2)  # [n, H, 5, C, D]
@@ -74,13 +76,6 @@ def _chunk_step(S, uq, uk, uv, ue, ua, valid, w_eta, b_eta, w_alpha, b_alpha, a_
     delta = (r @ w1) * gelu_derivative(z)  # [n, H, 6, C, h]
 
     G = g.cumsum(-1)  # log of the decay from the chunk start, <= 0
-    G_end = G[..., -1:]
-    # Chunk-end weights: W_C = A_C W̄ - Σ_s (A_C/A_s) β_s ∇ℓ_s(W̄).
-    coef = (beta * (G_end - G).exp())[:, :, None, :, None]  # [n, H, 1, C, 1]
-    keep = G_end.exp()[..., None, None]  # [n, H, 1, 1, 1]
-    w1_end = keep * w1 - (coef * r).transpose(-1, -2) @ a
-    w2t_end = keep * w2t - (coef * k[:, :, None]).transpose(-1, -2) @ delta
-
     # The main memory's output after each token's write, through [C x C] masked products.
     C = uq.shape[1]
     causal = torch.ones(C, C, dtype=torch.bool, device=uq.device).tril()
@@ -92,6 +87,16 @@ def _chunk_step(S, uq, uk, uv, ue, ua, valid, w_eta, b_eta, w_alpha, b_alpha, a_
     Z = A * (q @ w2tm) - (P * (q @ k.transpose(-1, -2))) @ delta[:, :, MEM_MAIN]
     act = F.gelu(Z)
     o = q + A * (act @ w1m.transpose(-1, -2)) - (P * (act @ a[:, :, MEM_MAIN].transpose(-1, -2))) @ r[:, :, MEM_MAIN]
+    if not carry:
+        return o.transpose(1, 2), None
+    if carry < uq.shape[0]:
+        G, beta, r, a, k, delta, w1, w2t = (x[:carry] for x in (G, beta, r, a, k, delta, w1, w2t))
+    # Chunk-end weights: W_C = A_C W̄ - Σ_s (A_C/A_s) β_s ∇ℓ_s(W̄).
+    G_end = G[..., -1:]
+    coef = (beta * (G_end - G).exp())[:, :, None, :, None]  # [carry, H, 1, C, 1]
+    keep = G_end.exp()[..., None, None]  # [carry, H, 1, 1, 1]
+    w1_end = keep * w1 - (coef * r).transpose(-1, -2) @ a
+    w2t_end = keep * w2t - (coef * k[:, :, None]).transpose(-1, -2) @ delta
     return o.transpose(1, 2), torch.stack([w1_end, w2t_end], 3)
 
 
