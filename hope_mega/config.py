@@ -52,10 +52,31 @@ class ModelConfig:
     tie_embeddings: bool = False
     rope_theta: float = 10000.0
     init_std: float = 0.02
+    # Ablations of the Titans recurrence with matrix memories (ops.common.TitansVariant; run by
+    # the torch chunk form, also on GPU, so they are slower there). The defaults are the spec (§2).
+    # False: v and v̂ are not unit-normalised (the spec normalises them for stability).
+    titans_value_norm: bool = True
+    # False: memories read M(u) = S u instead of u + S u, so the delta rule targets v̂ instead of
+    # v̂ - k and the output is S_mem q instead of q + S_mem q. S0 = 0 would then read zero, so
+    # every memory's learned s0 starts at the identity instead: the layer still starts as the
+    # identity map.
+    titans_residual_read: bool = True
+    # beta = titans_beta_max * sigmoid(...); 2.0 is Gated DeltaNet's (0, 2) option.
+    titans_beta_max: float = 1.0
+    # True: q is multiplied by 1/sqrt(head_dim) after its norm (the spec does not scale it).
+    titans_q_scale: bool = False
 
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
+
+    def titans_ablations(self) -> list[str]:
+        """The titans_* ablation keys set away from their (spec) defaults."""
+        default = ModelConfig()
+        return [key for key in TITANS_ABLATION_KEYS if getattr(self, key) != getattr(default, key)]
+
+
+TITANS_ABLATION_KEYS = ("titans_value_norm", "titans_residual_read", "titans_beta_max", "titans_q_scale")
 
 
 @dataclass
@@ -260,6 +281,13 @@ def validate(cfg: Config) -> None:
     for key in ("vocab_size", "d_model", "n_layers", "n_heads", "chunk_size", "conv_size", "memory_expansion"):
         if getattr(m, key) <= 0:
             raise ConfigError(f"model.{key}: must be > 0, got {getattr(m, key)}")
+    if not 0.0 < m.titans_beta_max <= 2.0:
+        raise ConfigError(f"model.titans_beta_max: must be in (0, 2], got {m.titans_beta_max}")
+    if m.memory == "mlp" and m.titans_ablations():
+        raise ConfigError(
+            f"model.{m.titans_ablations()[0]}: the titans_* ablations are for the matrix memories only, "
+            "not model.memory: mlp"
+        )
     if m.d_model % m.n_heads:
         raise ConfigError(f"model.d_model: {m.d_model} is not divisible by model.n_heads={m.n_heads}")
     if m.mixer == "attention" and m.head_dim % 2:

@@ -159,6 +159,15 @@ def export_hf(
     """
     if dtype not in DTYPES:
         raise ConversionError(f"dtype {dtype!r} is not one of {sorted(DTYPES)}")
+    # modeling_hope.py carries its own copy of the spec's recurrence only; an ablated model
+    # exported with it would load and silently compute something else.
+    ablations = model_cfg.titans_ablations()
+    if ablations:
+        raise ConversionError(
+            f"cannot export a model trained with the Titans ablation(s) "
+            f"{', '.join(f'model.{k}={getattr(model_cfg, k)}' for k in ablations)}: "
+            "the Hugging Face model implements only the default recurrence"
+        )
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     extra = {}

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from ..config import ModelConfig
 from ..ops import titans
-from ..ops.common import MEMORIES
+from ..ops.common import MEMORIES, TitansVariant
 from ..ops.titans_mlp.layout import W2T
 from .conv import document_causal_conv
 from .documents import Documents
@@ -37,6 +37,10 @@ class TitansMixer(nn.Module):
         self.eps = cfg.norm_eps
         self.impl = impl
         self.memory = cfg.memory
+        self.variant = TitansVariant(
+            value_norm=cfg.titans_value_norm, residual_read=cfg.titans_residual_read,
+            beta_max=cfg.titans_beta_max, q_scale=cfg.titans_q_scale,
+        )  # fmt: skip
         self.in_proj = layers.column(cfg.d_model, len(SECTIONS) * cfg.n_heads * D, cfg.init_std, sections=len(SECTIONS))
         self.out_proj = layers.row(cfg.n_heads * D, cfg.d_model, cfg.init_std / math.sqrt(2 * n_layers))
         H = self.heads
@@ -70,7 +74,11 @@ class TitansMixer(nn.Module):
         # Spec §2: zero initial states (every adaptive projection starts as the identity), Gated
         # DeltaNet's gate initialisation, and w ~ N(0, 1/d_h) so S_eta,0 and S_alpha,0 get gradient.
         # MLP memories (§2b): W_1 = 0 (identity maps again) and W_2 ~ N(0, 1/d_h).
+        # Without the residual read (model.titans_residual_read: false) a memory reads S u, so
+        # the identity start is S0 = I.
         self.s0.zero_()
+        if not self.variant.residual_read:
+            self.s0.copy_(torch.eye(D, dtype=self.s0.dtype, device=self.s0.device).expand_as(self.s0))
         if self.memory == "mlp":
             self.s0[:, :, W2T] = full(total, *self.s0.shape[1:]).normal_(std=D**-0.5)[heads][:, :, W2T]
         self.w_eta.copy_(full(total, D).normal_(std=D**-0.5)[heads])
@@ -98,6 +106,7 @@ class TitansMixer(nn.Module):
                 *qkv.unbind(2), u_eta.squeeze(2), u_alpha.squeeze(2),
                 self.s0, self.w_eta, self.b_eta, self.w_alpha, self.b_alpha, self.a_log,
                 chunk_size=self.chunk_size, cu_seqlens=docs.cu_seqlens_host, memory=self.memory, impl=self.impl,
+                variant=self.variant,
             )  # fmt: skip
             o = o * torch.rsqrt(o.square().mean(-1, keepdim=True) + self.eps) * self.out_norm
             y = (o * F.silu(gate.squeeze(2))).to(x.dtype).reshape(B, T, H * D).transpose(0, 1)

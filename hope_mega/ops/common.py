@@ -8,6 +8,8 @@ independent definition and the tests compare two codes, not one code twice.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -22,9 +24,50 @@ def unit_norm(x: torch.Tensor) -> torch.Tensor:
     return x * torch.rsqrt(x.square().sum(-1, keepdim=True) + NORM_EPS)
 
 
-def learning_rate(logit: torch.Tensor) -> torch.Tensor:
-    """beta = sigmoid(w_eta . M_eta(u_eta) + b_eta), in (0, 1)."""
-    return torch.sigmoid(logit)
+@dataclass(frozen=True)
+class TitansVariant:
+    """Ablations of the matrix-memory recurrence (spec §2), for the reference and the torch chunk
+    form only; every field's default is the spec. Set from the `model.titans_*` config keys.
+
+    - value_norm: v = N(M̄_v(u_v)) and v̂ = N(M̄_□(v)); False drops both N (the spec's [choice]
+      for stability);
+    - residual_read: memories read M(u) = u + S u; False reads M(u) = S u, so the delta-rule
+      values are v̂ instead of v̂ − k and the output is S_mem q instead of q + S_mem q;
+    - beta_max: beta = beta_max · sigmoid(...); 2 is Gated DeltaNet's (0, 2) option;
+    - q_scale: q is multiplied by 1/sqrt(d_h) after its norm (the spec does not scale it).
+    """
+
+    value_norm: bool = True
+    residual_read: bool = True
+    beta_max: float = 1.0
+    q_scale: bool = False
+
+    def value(self, x: torch.Tensor) -> torch.Tensor:
+        """The values v and v̂ from their memory reads: N(x), or x without value_norm."""
+        return unit_norm(x) if self.value_norm else x
+
+    def query(self, x: torch.Tensor) -> torch.Tensor:
+        """q from its memory read: N(x), times 1/sqrt(d_h) with q_scale."""
+        q = unit_norm(x)
+        return q * x.shape[-1] ** -0.5 if self.q_scale else q
+
+
+DEFAULT_VARIANT = TitansVariant()
+
+
+def require_default_variant(variant: TitansVariant, form: str) -> None:
+    """The forms that implement only the spec refuse an ablation rather than ignore it."""
+    if variant != DEFAULT_VARIANT:
+        raise ValueError(
+            f"{form} implements only the spec's Titans recurrence, not the ablation {variant}; "
+            "run the matrix memories with impl='chunk' or 'reference' (impl='auto' picks chunk)"
+        )
+
+
+def learning_rate(logit: torch.Tensor, beta_max: float = 1.0) -> torch.Tensor:
+    """beta = beta_max * sigmoid(w_eta . M_eta(u_eta) + b_eta), in (0, beta_max); the spec's is 1."""
+    beta = torch.sigmoid(logit)
+    return beta if beta_max == 1.0 else beta_max * beta
 
 
 def log_decay(logit: torch.Tensor, a_log: torch.Tensor) -> torch.Tensor:

@@ -9,13 +9,16 @@ signature:
 
 `titans_linear()` picks the fast form for the device: on GPU the fused kernel for the shapes it
 launches at (power-of-two head widths 16..128 and chunks of up to 64 tokens, which every config
-uses), fla per chunk for other shapes; on CPU the torch chunk form.
+uses), fla per chunk for other shapes; on CPU the torch chunk form. An ablation of the recurrence
+(`variant=`, common.TitansVariant) exists in the reference and the chunk form only, so it runs the
+chunk form on GPU too; fla and fused refuse one.
 """
 
 from __future__ import annotations
 
 import torch
 
+from ..common import DEFAULT_VARIANT, require_default_variant
 from .chunk import titans_chunk
 from .fused import fused_supports
 from .reference import titans_reference
@@ -24,8 +27,9 @@ IMPLEMENTATIONS = ("auto", "reference", "chunk", "fla", "fused")
 
 
 def titans_linear(*args, impl: str = "auto", **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
+    variant = kwargs.get("variant", DEFAULT_VARIANT)
     if impl == "auto":
-        if not args[0].is_cuda:
+        if not args[0].is_cuda or variant != DEFAULT_VARIANT:
             impl = "chunk"
         else:
             chunk_size = kwargs["chunk_size"] if "chunk_size" in kwargs else args[11]
@@ -34,6 +38,8 @@ def titans_linear(*args, impl: str = "auto", **kwargs) -> tuple[torch.Tensor, to
         return titans_chunk(*args, **kwargs)
     if impl == "reference":
         return titans_reference(*args, **kwargs)
+    if impl in ("fla", "fused"):
+        require_default_variant(kwargs.pop("variant", DEFAULT_VARIANT), f"Titans impl={impl!r}")
     if impl == "fla":
         from .fla_chunked import titans_fla
 

@@ -10,9 +10,12 @@ The chunk loop and the packed-batch layout are shared with the MLP memories (com
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from ..common import (
+    DEFAULT_VARIANT,
     MEM_ALPHA,
     MEM_ETA,
     MEM_K,
@@ -20,6 +23,7 @@ from ..common import (
     MEM_Q,
     MEM_V,
     MEMORIES,
+    TitansVariant,
     check_inputs,
     learning_rate,
     log_decay,
@@ -35,32 +39,39 @@ ALL_MEMORIES, MAIN_ONLY = slice(None), slice(MEM_MAIN, MEM_MAIN + 1)
 assert MEM_MAIN == len(MEMORIES) - 1
 
 
-def _read(S: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """M(u) = u + S u for a chunk: S [n or 1, H, D, D], u [n, C, H, D]."""
-    return u + torch.einsum("nhij,nchj->nchi", S, u)
+def _read(S: torch.Tensor, u: torch.Tensor, residual: bool = True) -> torch.Tensor:
+    """M(u) = u + S u for a chunk: S [n or 1, H, D, D], u [n, C, H, D]; M(u) = S u without `residual`."""
+    Su = torch.einsum("nhij,nchj->nchi", S, u)
+    return u + Su if residual else Su
 
 
-def chunk_reads(S, uq, uk, uv, ue, ua, w_eta, b_eta, w_alpha, b_alpha, a_log, written=ALL_MEMORIES):
+def chunk_reads(S, uq, uk, uv, ue, ua, w_eta, b_eta, w_alpha, b_alpha, a_log, written=ALL_MEMORIES,
+                variant: TitansVariant = DEFAULT_VARIANT):
     """What a chunk reads from the states at its start, S [n or 1, H, 6, D, D], inputs [n, C, H, D].
 
-    Returns q, k [n, C, H, D], the delta-rule values v_hat_m - k of the `written` memories stacked
-    [n, C, H, m*D], and beta, g [n, C, H].
+    Returns q, k [n, C, H, D], the delta-rule values v_hat_m - k (v_hat_m without the residual
+    read) of the `written` memories stacked [n, C, H, m*D], and beta, g [n, C, H].
     """
     n, C, H, D = uq.shape
-    k = unit_norm(_read(S[:, :, MEM_K], uk))
-    q = unit_norm(_read(S[:, :, MEM_Q], uq))
-    v = unit_norm(_read(S[:, :, MEM_V], uv))
+    res = variant.residual_read
+    k = unit_norm(_read(S[:, :, MEM_K], uk, res))
+    q = variant.query(_read(S[:, :, MEM_Q], uq, res))
+    v = variant.value(_read(S[:, :, MEM_V], uv, res))
     # w . M(u) = w . u + (S^T w) . u: S_eta and S_alpha are read through one vector per chunk.
-    r_eta = w_eta + torch.einsum("nhij,hi->nhj", S[:, :, MEM_ETA], w_eta)
-    r_alpha = w_alpha + torch.einsum("nhij,hi->nhj", S[:, :, MEM_ALPHA], w_alpha)
-    beta = learning_rate(torch.einsum("nchd,nhd->nch", ue, r_eta) + b_eta)
+    r_eta = torch.einsum("nhij,hi->nhj", S[:, :, MEM_ETA], w_eta)
+    r_alpha = torch.einsum("nhij,hi->nhj", S[:, :, MEM_ALPHA], w_alpha)
+    if res:
+        r_eta, r_alpha = w_eta + r_eta, w_alpha + r_alpha
+    beta = learning_rate(torch.einsum("nchd,nhd->nch", ue, r_eta) + b_eta, variant.beta_max)
     g = log_decay(torch.einsum("nchd,nhd->nch", ua, r_alpha) + b_alpha, a_log)
-    v_hat = unit_norm(v[:, :, :, None] + torch.einsum("nhmij,nchj->nchmi", S[:, :, written], v))  # [n, C, H, m, D]
-    values = (v_hat - k[:, :, :, None]).flatten(-2)
+    Sv = torch.einsum("nhmij,nchj->nchmi", S[:, :, written], v)
+    v_hat = variant.value(v[:, :, :, None] + Sv if res else Sv)  # [n, C, H, m, D]
+    values = (v_hat - k[:, :, :, None] if res else v_hat).flatten(-2)
     return q, k, values, beta, g
 
 
-def _chunk_step(S, uq, uk, uv, ue, ua, valid, w_eta, b_eta, w_alpha, b_alpha, a_log, carry):
+def _chunk_step(S, uq, uk, uv, ue, ua, valid, w_eta, b_eta, w_alpha, b_alpha, a_log, carry,
+                variant: TitansVariant = DEFAULT_VARIANT):
     """One self-modification chunk for n sequences at once.
 
     S [n or 1, H, 6, D, D] are the states at the chunk start (1: shared by all), inputs
@@ -70,12 +81,12 @@ def _chunk_step(S, uq, uk, uv, ue, ua, valid, w_eta, b_eta, w_alpha, b_alpha, a_
     """
     n, C, H, D = uq.shape
     written = ALL_MEMORIES if carry else MAIN_ONLY
-    q, k, values, beta, g = chunk_reads(S, uq, uk, uv, ue, ua, w_eta, b_eta, w_alpha, b_alpha, a_log, written)
+    q, k, values, beta, g = chunk_reads(S, uq, uk, uv, ue, ua, w_eta, b_eta, w_alpha, b_alpha, a_log, written, variant)
     # Padding (past a sequence's end) gets beta = 0 and g = 0: it leaves the state untouched.
     mask = valid[:, :, None].to(beta.dtype)
     beta, g = beta * mask, g * mask
 
-    # Gated delta rule over the chunk, heads first: values are the blocks v_hat - k.
+    # Gated delta rule over the chunk, heads first: values are the blocks v_hat - k (or v_hat).
     K = k.transpose(1, 2)  # [n, H, C, D]
     Q = q.transpose(1, 2)
     V = values.transpose(1, 2)  # [n, H, C, m*D]
@@ -95,7 +106,7 @@ def _chunk_step(S, uq, uk, uv, ue, ua, valid, w_eta, b_eta, w_alpha, b_alpha, a_
     U = torch.linalg.solve_triangular(A, eye, upper=False, unitriangular=True) @ rhs
     O = G.exp()[..., None] * torch.einsum("nhij,nhcj->nhci", S[:, :, MEM_MAIN], Q)
     O = O + (decay * (Q @ K.transpose(-1, -2))) @ U[..., -D:]
-    out = (Q + O).transpose(1, 2)  # M_mem(q) = q + S_mem q, read after the write
+    out = (Q + O if variant.residual_read else O).transpose(1, 2)  # M_mem(q) = q + S_mem q, read after the write
     if not carry:
         return out, None
     if carry < n:
@@ -121,10 +132,12 @@ def titans_chunk(
     chunk_size: int,
     cu_seqlens: torch.Tensor | None = None,
     output_final_state: bool = False,
+    *,
+    variant: TitansVariant = DEFAULT_VARIANT,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Chunk-wise self-modifying Titans; same signature and results as `titans_reference`."""
     check_inputs(u_q, u_k, u_v, u_eta, u_alpha, s0, w_eta, b_eta, w_alpha, b_alpha, a_log, chunk_size)
     return run_chunks(
-        _chunk_step, (u_q, u_k, u_v, u_eta, u_alpha), s0, (w_eta, b_eta, w_alpha, b_alpha, a_log),
+        functools.partial(_chunk_step, variant=variant), (u_q, u_k, u_v, u_eta, u_alpha), s0, (w_eta, b_eta, w_alpha, b_alpha, a_log),
         chunk_size, cu_seqlens, output_final_state,
     )  # fmt: skip

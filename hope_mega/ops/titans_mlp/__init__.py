@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from ..common import DEFAULT_VARIANT, require_default_variant
 from .chunk import titans_mlp_chunk
 from .reference import titans_mlp_reference
 
@@ -22,6 +23,8 @@ IMPLEMENTATIONS = ("auto", "reference", "chunk")
 
 
 def titans_mlp(*args, impl: str = "auto", **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
+    # The TitansVariant ablations are defined for the matrix memories only.
+    require_default_variant(kwargs.pop("variant", DEFAULT_VARIANT), "the MLP-memory Titans op (model.memory: mlp)")
     if impl in ("auto", "chunk"):
         return titans_mlp_chunk(*args, **kwargs)
     if impl == "reference":
