@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from ..config import ModelConfig
 from .conv import document_causal_conv
 from .documents import Documents
-from .layers import mark_split
+from .layers import HeadDraws, head_param, short_conv_weight
 
 # Sections of the fused input projection, each n_heads * head_dim wide, and of the small one that
 # gives each head its beta and decay (n_heads wide each).
@@ -108,27 +108,17 @@ class GatedDeltaNetMixer(nn.Module):
         self.out_proj = layers.row(cfg.n_heads * D, cfg.d_model, cfg.init_std / math.sqrt(2 * n_layers))
         H = self.heads
 
-        def head_param(*shape):
-            return mark_split(nn.Parameter(torch.empty(*shape)), 0)
-
-        self.conv_weight = mark_split(nn.Parameter(torch.empty(3, H, D, cfg.conv_size)), 1)  # q, k, v
+        self.conv_weight = short_conv_weight(H, D, cfg.conv_size)
         self.a_log, self.dt_bias = head_param(H), head_param(H)
         self.out_norm = head_param(H, D)
         self.reset_gdn_parameters()
 
     @torch.no_grad()
     def reset_gdn_parameters(self) -> None:
-        """Draw every per-head parameter at its full (all heads) shape and keep this rank's heads,
-        so a model initialised from one seed is the same model at any tensor-parallel size."""
-        D, K, H = self.head_dim, self.conv_weight.shape[-1], self.heads
-        total = H * self.tp_size
-        heads = slice(self.tp_rank * H, (self.tp_rank + 1) * H)
-
-        def full(*shape):
-            return torch.empty(*shape, dtype=self.a_log.dtype, device=self.a_log.device)
-
-        # nn.Conv1d's default for a depthwise conv (fan_in = K), as fla's ShortConvolution.
-        self.conv_weight.copy_(full(3, total, D, K).uniform_(-(K**-0.5), K**-0.5)[:, heads])
+        """Every per-head parameter, drawn as `HeadDraws` says."""
+        draws = HeadDraws(self.a_log, self.heads, self.tp_size, self.tp_rank)
+        full, total, heads = draws.full, draws.total, draws.heads
+        draws.short_conv(self.conv_weight)
         # fla's GatedDeltaNet: A ~ U(0, 16) (our Titans draws U(1, 16), Mamba2's range), and
         # softplus(dt_bias) ~ logU(1e-3, 1e-1) floored at 1e-4.
         self.a_log.copy_(full(total).uniform_(0, 16).log_()[heads])

@@ -25,6 +25,35 @@ def mark_split(param: torch.Tensor, dim: int, sections: int = 1) -> torch.Tensor
     return param
 
 
+def head_param(*shape: int) -> nn.Parameter:
+    """A per-head parameter of this rank's heads, split over tensor parallelism along dim 0."""
+    return mark_split(nn.Parameter(torch.empty(*shape)), 0)
+
+
+def short_conv_weight(heads: int, head_dim: int, window: int) -> nn.Parameter:
+    """The depthwise short-conv weight of q, k and v, [3, heads, head_dim, window]."""
+    return mark_split(nn.Parameter(torch.empty(3, heads, head_dim, window)), 1)
+
+
+class HeadDraws:
+    """Per-head parameters drawn at their full (all heads) shape, of which this rank keeps its
+    heads, so that a model initialised from one seed is the same model at any tensor-parallel
+    size. `full(*shape)` is an empty tensor like `like` and `heads` the slice of this rank's."""
+
+    def __init__(self, like: torch.Tensor, heads: int, tp_size: int, tp_rank: int):
+        self.like, self.total = like, heads * tp_size
+        self.heads = slice(tp_rank * heads, (tp_rank + 1) * heads)
+
+    def full(self, *shape: int) -> torch.Tensor:
+        return torch.empty(*shape, dtype=self.like.dtype, device=self.like.device)
+
+    @torch.no_grad()
+    def short_conv(self, weight: torch.Tensor) -> None:
+        """nn.Conv1d's default for a depthwise conv (fan_in = the window), as fla's ShortConvolution."""
+        _, _, D, K = weight.shape
+        weight.copy_(self.full(3, self.total, D, K).uniform_(-(K**-0.5), K**-0.5)[:, self.heads])
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float = 1e-6):
         super().__init__()

@@ -18,7 +18,7 @@ from ..ops.common import MEMORIES, TitansVariant
 from ..ops.titans_mlp.layout import W2T
 from .conv import document_causal_conv
 from .documents import Documents
-from .layers import mark_split
+from .layers import HeadDraws, head_param, short_conv_weight
 
 # Sections of the fused input projection, each n_heads * head_dim wide.
 SECTIONS = ("q", "k", "v", "eta", "alpha", "gate")
@@ -45,10 +45,7 @@ class TitansMixer(nn.Module):
         self.out_proj = layers.row(cfg.n_heads * D, cfg.d_model, cfg.init_std / math.sqrt(2 * n_layers))
         H = self.heads
 
-        def head_param(*shape):
-            return mark_split(nn.Parameter(torch.empty(*shape)), 0)
-
-        self.conv_weight = mark_split(nn.Parameter(torch.empty(3, H, D, cfg.conv_size)), 1)  # q, k, v
+        self.conv_weight = short_conv_weight(H, D, cfg.conv_size)
         # The learned initial memories, fp32: S [H, 6, D, D], or for MLPs W_1 and W_2ᵀ
         # [H, 6, 2, D, expansion * D].
         shape = (D, D) if cfg.memory == "linear" else (2, D, cfg.memory_expansion * D)
@@ -60,17 +57,11 @@ class TitansMixer(nn.Module):
 
     @torch.no_grad()
     def reset_titans_parameters(self) -> None:
-        """Draw every per-head parameter at its full (all heads) shape and keep this rank's heads,
-        so a model initialised from one seed is the same model at any tensor-parallel size."""
-        D, K, H = self.head_dim, self.conv_weight.shape[-1], self.heads
-        total = H * self.tp_size
-        heads = slice(self.tp_rank * H, (self.tp_rank + 1) * H)
-
-        def full(*shape):
-            return torch.empty(*shape, dtype=self.s0.dtype, device=self.s0.device)
-
-        # nn.Conv1d's default for a depthwise conv (fan_in = K).
-        self.conv_weight.copy_(full(3, total, D, K).uniform_(-(K**-0.5), K**-0.5)[:, heads])
+        """Every per-head parameter, drawn as `HeadDraws` says."""
+        D, H = self.head_dim, self.heads
+        draws = HeadDraws(self.s0, H, self.tp_size, self.tp_rank)
+        full, total, heads = draws.full, draws.total, draws.heads
+        draws.short_conv(self.conv_weight)
         # Spec §2: zero initial states (every adaptive projection starts as the identity), Gated
         # DeltaNet's gate initialisation, and w ~ N(0, 1/d_h) so S_eta,0 and S_alpha,0 get gradient.
         # MLP memories (§2b): W_1 = 0 (identity maps again) and W_2 ~ N(0, 1/d_h).
