@@ -8,7 +8,9 @@ as many queries as pairs (`--queries`); models of width `--d-model` (128), 2 lay
 every training batch fresh from a seeded stream; accuracy on a held-out set of fixed seed
 (`--eval-examples`, the same for every model, lr and seed). Unlike Zoology, queries are drawn with
 replacement and placed uniformly (`hope_mega.eval.synthetic.make_mqar`), so no answer follows by
-elimination; chance is 1/4093 (the scorer's argmax is over the value ids).
+elimination; chance is 1/4093 (the scorer's argmax is over the value ids). `--vocab` changes the
+vocabulary (chance 1/((vocab - 5) // 2)): a smaller one is not Zoology's setting, but recall
+appears there after far fewer tokens, which makes a CPU comparison of the models possible.
 
 Models (`--models`, a comma list), each built from its config with vocab, width, 2 layers and
 2 heads overridden, and CMS widths in units of d_model so the parameter counts match (±5%,
@@ -81,7 +83,7 @@ from hope_mega.eval.scoring import score
 from hope_mega.eval.synthetic import make_mqar
 from hope_mega.params import parameter_counts
 
-VOCAB = 8192
+ZOOLOGY_VOCAB = 8192
 N_LAYERS, N_HEADS = 2, 2
 CONFIGS = {**MODELS, "gdn": ("gdn-tiny.yaml", [])}
 # CMS levels as (hidden width in units of d_model, period): each model keeps its tiny config's
@@ -103,9 +105,9 @@ MIN_GAIN = 0.01  # an eval must beat the best so far by more than this to count 
 EVAL_SEED = 2**62 + 12345
 EVAL_TOKENS = {"cpu": 4096, "cuda": 65536}  # per eval batch: logits are tokens x 8192 floats
 # What makes two runs the same run (resume) and two runs comparable (one report table).
-RUN_KEY = ("setting", "model", "d_model", "lr", "seed", "batch", "max_steps", "eval_every", "patience",
+RUN_KEY = ("setting", "vocab", "model", "d_model", "lr", "seed", "batch", "max_steps", "eval_every", "patience",
            "eval_examples", "num_queries")
-TABLE_KEY = ("setting", "d_model", "batch", "max_steps", "eval_examples", "num_queries")
+TABLE_KEY = ("setting", "vocab", "d_model", "batch", "max_steps", "eval_examples", "num_queries")
 
 
 def split_top(text: str, sep: str) -> list[str]:
@@ -152,13 +154,13 @@ def sizing(name: str, d_model: int, extra: list[str]) -> list[str]:
     return [*out, *extra]
 
 
-def param_count(name: str, d_model: int, extra: list[str]) -> tuple[int | None, str | None]:
+def param_count(name: str, d_model: int, extra: list[str], vocab: int = ZOOLOGY_VOCAB) -> tuple[int | None, str | None]:
     """(parameters, None), or (None, why the model is unavailable in this checkout)."""
     file = CONFIGS[name][0]
     if not (ROOT / "configs" / file).is_file():
         return None, f"configs/{file} does not exist"
     try:
-        cfg = model_config(name, VOCAB, sizing(name, d_model, extra), CONFIGS)
+        cfg = model_config(name, vocab, sizing(name, d_model, extra), CONFIGS)
         return parameter_counts(cfg.model)["total_params"], None
     except (ConfigError, ImportError, NotImplementedError, ValueError, KeyError) as err:
         return None, f"{type(err).__name__}: {err}"
@@ -186,14 +188,14 @@ def run_one(spec, setting, lr: float, seed: int, params: int, eval_set, args) ->
     queries = args.queries or pairs
     tag = f"[{seq_len}x{pairs} {label} lr={lr:g} seed={seed}]"
     start = time.perf_counter()
-    _, model = build(name, VOCAB, args.device, seed, sizing(name, args.d_model, extra), CONFIGS)
+    _, model = build(name, args.vocab, args.device, seed, sizing(name, args.d_model, extra), CONFIGS)
     opt = optimizer(model, lr)
     model.train()
     loss_sum, since, train_s = torch.zeros((), device=args.device), 0, 0.0
     curve, result, stopped, step, loss = [], None, False, 0, float("nan")
     t0 = time.perf_counter()
     while step < args.steps:
-        b = make_mqar(args.batch, seq_len, VOCAB, pairs, seed=seed * 2**32 + step, num_queries=queries)
+        b = make_mqar(args.batch, seq_len, args.vocab, pairs, seed=seed * 2**32 + step, num_queries=queries)
         loss_sum += train_step(model, opt, (b.input_ids, b.labels, b.loss_mask.float()), step, args.steps, lr,
                                args.device, answers_only=True)
         step, since = step + 1, since + 1
@@ -214,7 +216,7 @@ def run_one(spec, setting, lr: float, seed: int, params: int, eval_set, args) ->
         t0 = time.perf_counter()
     return {
         "setting": f"{seq_len}x{pairs}", "seq_len": seq_len, "num_pairs": pairs, "num_queries": queries,
-        "model": label, "config": name, "overrides": extra, "params": params, "d_model": args.d_model,
+        "vocab": args.vocab, "model": label, "config": name, "overrides": extra, "params": params, "d_model": args.d_model,
         "lr": lr, "seed": seed, "batch": args.batch, "max_steps": args.steps, "eval_every": args.eval_every,
         "patience": args.patience, "eval_examples": args.eval_examples, "steps": step,
         "tokens": step * args.batch * seq_len, "curve": curve, "final_acc": curve[-1][1],
@@ -235,9 +237,12 @@ def read_records(paths) -> list[dict]:
             if not line.strip():
                 continue
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except json.JSONDecodeError:
                 print(f"{path}:{n}: not a complete record, ignored", file=sys.stderr)
+                continue
+            record.setdefault("vocab", ZOOLOGY_VOCAB)  # records from before --vocab existed
+            records.append(record)
     return records
 
 
@@ -248,7 +253,7 @@ def sweep(args) -> int:
     seeds = [int(x) for x in split_top(args.seeds, ",")]
     available, params = [], {}
     for spec in specs:
-        count, why = param_count(spec[0], args.d_model, spec[1])
+        count, why = param_count(spec[0], args.d_model, spec[1], args.vocab)
         if why:
             print(f"{spec[2]}: unavailable, skipped ({why})", flush=True)
         else:
@@ -266,9 +271,9 @@ def sweep(args) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     for seq_len, pairs in settings:
         queries = args.queries or pairs
-        eval_set = make_mqar(args.eval_examples, seq_len, VOCAB, pairs, seed=EVAL_SEED, num_queries=queries)
+        eval_set = make_mqar(args.eval_examples, seq_len, args.vocab, pairs, seed=EVAL_SEED, num_queries=queries)
         for spec, lr, seed in itertools.product(available, lrs, seeds):
-            want = {"setting": f"{seq_len}x{pairs}", "model": spec[2], "d_model": args.d_model, "lr": lr,
+            want = {"setting": f"{seq_len}x{pairs}", "vocab": args.vocab, "model": spec[2], "d_model": args.d_model, "lr": lr,
                     "seed": seed, "batch": args.batch, "max_steps": args.steps, "eval_every": args.eval_every,
                     "patience": args.patience, "eval_examples": args.eval_examples, "num_queries": queries}
             # read again before every run: another process may share the file
@@ -309,12 +314,12 @@ def report(paths, curve_rows: int = 12) -> str:
     lines = []
     for key in sorted(tables, key=lambda k: (int(k[0].split("x")[0]), *k[1:])):
         runs = tables[key]
-        setting, d_model, batch, max_steps, eval_examples, queries = key
+        setting, vocab, d_model, batch, max_steps, eval_examples, queries = key
         models = list(dict.fromkeys(m for m, _, _ in runs))
         lrs = sorted({lr for _, lr, _ in runs})
         ref = "hope" if "hope" in models else models[0]
         ref_params = next(r["params"] for (m, _, _), r in runs.items() if m == ref)
-        lines += [f"### MQAR {setting}: {queries} queries, d_model {d_model}, batch {batch}, up to {max_steps} steps, "
+        lines += [f"### MQAR {setting}: vocab {vocab}, {queries} queries, d_model {d_model}, batch {batch}, up to {max_steps} steps, "
                   f"{eval_examples} eval examples", "",
                   "| model | params | best lr | acc (mean ± half-range) | seeds | "
                   + " | ".join(f"lr {lr:g}" for lr in lrs) + " | per-query acc at best lr | plateaued |",
@@ -361,6 +366,7 @@ def main(argv=None) -> int:
                     help="a config override for every model (repeatable)")
     ap.add_argument("--lrs", default="1e-3,3e-3,1e-2")
     ap.add_argument("--seeds", default="0,1")
+    ap.add_argument("--vocab", type=int, default=ZOOLOGY_VOCAB, help="vocabulary size (Zoology's: 8192)")
     ap.add_argument("--d-model", type=int, default=128)
     ap.add_argument("--queries", type=int, default=None, help="queries per sequence (default: the number of pairs)")
     ap.add_argument("--batch", type=int, default=64)

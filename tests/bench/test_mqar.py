@@ -26,13 +26,13 @@ def _load_mqar():
 mqar = _load_mqar()
 
 FIELDS = {"setting", "model", "params", "lr", "seed", "steps", "tokens", "curve", "final_acc",
-          "acc_by_position", "plateaued", "seconds", "step_seconds", "num_queries", "d_model", "batch"}
+          "acc_by_position", "plateaued", "seconds", "step_seconds", "num_queries", "d_model", "batch", "vocab"}
 
 
-def _sweep(out: Path) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, str(BENCH / "mqar.py"), "--settings", "64x4", "--models", "hope,transformer",
-           "--lrs", "1e-3,3e-3", "--seeds", "0", "--batch", "4", "--steps", "2", "--eval-every", "1",
-           "--patience", "0", "--eval-examples", "8", "--out", str(out)]
+def _sweep(out: Path, models: str = "hope,transformer", lrs: str = "1e-3,3e-3", *extra: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(BENCH / "mqar.py"), "--settings", "64x4", "--models", models,
+           "--lrs", lrs, "--seeds", "0", "--batch", "4", "--steps", "2", "--eval-every", "1",
+           "--patience", "0", "--eval-examples", "8", "--out", str(out), *extra]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
@@ -47,6 +47,7 @@ def test_sweep_records_resumes_and_reports(tmp_path, capsys):
     for r in records:
         assert FIELDS <= set(r), FIELDS - set(r)
         assert r["setting"] == "64x4" and r["num_queries"] == 4 and r["steps"] == 2 and r["seed"] == 0
+        assert r["vocab"] == mqar.ZOOLOGY_VOCAB
         assert r["tokens"] == 2 * 4 * 64 and [t for t, _ in r["curve"]] == [4 * 64, 2 * 4 * 64]
         assert r["final_acc"] == r["curve"][-1][1] and 0 <= r["final_acc"] <= 1
         assert len(r["acc_by_position"]) == 4 and r["plateaued"] is False
@@ -61,12 +62,29 @@ def test_sweep_records_resumes_and_reports(tmp_path, capsys):
 
     assert mqar.main(["--report", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "### MQAR 64x4: 4 queries, d_model 128, batch 4, up to 2 steps" in text
+    assert "### MQAR 64x4: vocab 8192, 4 queries, d_model 128, batch 4, up to 2 steps" in text
     assert "| model | params | best lr | acc (mean ± half-range) | seeds | lr 0.001 | lr 0.003 |" in text
     for model in ("hope", "transformer"):
         row = next(line for line in text.splitlines() if line.startswith(f"| {model} |"))
         assert row.count("|") == 10 and "| 0/1 |" in row, row  # 9 columns; neither run stopped early
     assert "| tokens | hope | transformer |" in text and "| 256 |" in text and "| 512 |" in text
+
+
+def test_another_vocabulary_is_another_run_and_another_table(tmp_path, capsys):
+    out = tmp_path / "mqar.jsonl"
+    old = {"setting": "64x4", "model": "transformer", "d_model": 128, "lr": 1e-3, "seed": 0, "batch": 4,
+           "max_steps": 2, "eval_every": 1, "patience": 0, "eval_examples": 8, "num_queries": 4, "params": 1,
+           "curve": [[512, 0.0]], "final_acc": 0.0, "acc_by_position": [0.0] * 4, "plateaued": False, "steps": 2}
+    out.write_text(json.dumps(old) + "\n")  # written before --vocab existed: Zoology's vocabulary
+    assert "already in" in _sweep(out, "transformer", "1e-3").stdout
+    small = _sweep(out, "transformer", "1e-3", "--vocab", "64")
+    assert "already in" not in small.stdout
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r.get("vocab") for r in records] == [None, 64]
+    assert records[1]["params"] < 0.5 * mqar.param_count("transformer", 128, [])[0]
+    assert mqar.main(["--report", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "### MQAR 64x4: vocab 64, 4 queries" in text and "### MQAR 64x4: vocab 8192, 4 queries" in text
 
 
 def test_plateau_rule():
@@ -89,7 +107,7 @@ def test_a_plateau_stops_the_run(monkeypatch):
         return {"accuracy": next(scripted), "accuracy_by_answer": [0.5] * 4}
 
     monkeypatch.setattr(mqar, "evaluate", fake_evaluate)
-    args = type("Args", (), dict(queries=None, batch=1, steps=20, eval_every=2, patience=3, d_model=64,
+    args = type("Args", (), dict(queries=None, vocab=mqar.ZOOLOGY_VOCAB, batch=1, steps=20, eval_every=2, patience=3, d_model=64,
                                  eval_examples=0, device="cpu"))()
     r = mqar.run_one(("transformer", [], "transformer"), (64, 4), 1e-3, 0, 1, None, args)
     assert r["plateaued"] is True and r["steps"] == 10 and r["max_steps"] == 20
