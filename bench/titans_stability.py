@@ -2,11 +2,10 @@
 
 Spec §2 normalises v and v̂ because the self-modifying loop (the self-generated values v̂ grow with
 the states, the states with their targets) otherwise runs away at long T. `model.titans_value_norm:
-false` drops that norm, and on MQAR it learns recall far sooner (BENCHMARKS.md, MQAR), so this
-script measures what the norm buys: the op's forward over one sequence of T tokens from zero
-initial states, for each chunk size C and per-head input norm ‖u‖, with the per-head parameters
-drawn as the mixer draws them (`TitansMixer.reset_titans_parameters`); inputs are Gaussian of the
-given per-head norm. It prints, per (value norm, C, ‖u‖), whether every output is finite, the
+false` drops that norm (an MQAR ablation, BENCHMARKS.md), so this script measures what the norm
+buys: the op's forward over one sequence of T tokens from zero initial states, for each chunk size
+C and per-head input norm ‖u‖, with the per-head parameters of a freshly initialised
+`TitansMixer`; inputs are Gaussian of the given per-head norm. It prints, per (value norm, C, ‖u‖), whether every output is finite, the
 largest output norm and the largest final-state Frobenius norm. A chunk size ≥ T is the C ≥ T
 reduction (no self-modification inside the sequence, Gated DeltaNet with a learned initial state).
 
@@ -16,32 +15,28 @@ reduction (no self-modification inside the sequence, Gated DeltaNet with a learn
 from __future__ import annotations
 
 import argparse
-import math
 
 import torch
 
-from hope_mega.ops.common import MEMORIES, TitansVariant
+from hope_mega.config import ModelConfig
+from hope_mega.model.layers import TorchLayers
+from hope_mega.model.titans import TitansMixer
+from hope_mega.ops.common import TitansVariant
 from hope_mega.ops.titans_linear.chunk import titans_chunk
 
 
-def mixer_draws(H: int, D: int, g: torch.Generator) -> list[torch.Tensor]:
-    """s0, w_eta, b_eta, w_alpha, b_alpha, a_log from zero states, as the mixer initialises them."""
-    dt = torch.empty(H).uniform_(math.log(1e-3), math.log(1e-1), generator=g).exp()
-    return [
-        torch.zeros(H, len(MEMORIES), D, D),
-        torch.randn(H, D, generator=g) * D**-0.5,
-        torch.zeros(H),
-        torch.randn(H, D, generator=g) * D**-0.5,
-        dt + torch.log(-torch.expm1(-dt)),  # inverse softplus
-        torch.empty(H).uniform_(1, 16, generator=g).log(),
-    ]
+def mixer_params(H: int, D: int, seed: int) -> list[torch.Tensor]:
+    """s0, w_eta, b_eta, w_alpha, b_alpha, a_log of a new mixer: zero states, the spec's gate draws."""
+    torch.manual_seed(seed)
+    mixer = TitansMixer(ModelConfig(d_model=H * D, n_heads=H), TorchLayers(), 1)
+    return [p.detach() for p in (mixer.s0, mixer.w_eta, mixer.b_eta, mixer.w_alpha, mixer.b_alpha, mixer.a_log)]
 
 
 def measure(T: int, H: int, D: int, C: int, u_norm: float, value_norm: bool, seed: int) -> tuple[bool, float, float]:
     g = torch.Generator().manual_seed(seed)
     us = [torch.randn(1, T, H, D, generator=g) * (u_norm / D**0.5) for _ in range(5)]
     with torch.no_grad():
-        o, s = titans_chunk(*us, *mixer_draws(H, D, g), chunk_size=C, output_final_state=True,
+        o, s = titans_chunk(*us, *mixer_params(H, D, seed), chunk_size=C, output_final_state=True,
                             variant=TitansVariant(value_norm=value_norm))  # fmt: skip
     finite = bool(torch.isfinite(o).all() and torch.isfinite(s).all())
     return finite, o.norm(dim=-1).max().item(), s.flatten(-2).norm(dim=-1).max().item()
