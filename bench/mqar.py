@@ -246,6 +246,22 @@ def read_records(paths) -> list[dict]:
     return records
 
 
+def append_record(out: Path, record: dict) -> None:
+    """One write per line, so that concurrent appenders do not interleave; after a line cut short
+    (a process killed while writing it), a new line, so that the record does not join it."""
+    cut = out.is_file() and out.stat().st_size and not out.read_bytes().endswith(b"\n")
+    with out.open("a") as f:
+        f.write(("\n" if cut else "") + json.dumps(record) + "\n")
+
+
+def add_run_arguments(ap: argparse.ArgumentParser, out: str) -> None:
+    """The arguments every sweep script here shares: where it runs and where its records go."""
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default=out, help="JSON lines, appended; finished runs are skipped")
+    ap.add_argument("--report", nargs="+", metavar="FILE", help="print the tables of these JSON-lines files and exit")
+
+
 def sweep(args) -> int:
     settings = parse_settings(args.settings)
     specs = parse_models(args.models, args.override)
@@ -280,12 +296,7 @@ def sweep(args) -> int:
             if any(all(r.get(k) == want[k] for k in RUN_KEY) for r in read_records([out])):
                 print(f"[{want['setting']} {spec[2]} lr={lr:g} seed={seed}] already in {out}, skipped", flush=True)
                 continue
-            record = run_one(spec, (seq_len, pairs), lr, seed, params[spec[2]], eval_set, args)
-            # one write per line, so that concurrent appenders do not interleave; after a line cut
-            # short, a new line, so that the record does not join it
-            cut = out.is_file() and out.stat().st_size and not out.read_bytes().endswith(b"\n")
-            with out.open("a") as f:
-                f.write(("\n" if cut else "") + json.dumps(record) + "\n")
+            append_record(out, run_one(spec, (seq_len, pairs), lr, seed, params[spec[2]], eval_set, args))
     print(report([out]))
     return 0
 
@@ -294,7 +305,7 @@ def _tokens(n: int) -> str:
     return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.0f}k" if n >= 1e4 else str(n)
 
 
-def _spread(values: list[float]) -> str:
+def mean_spread(values: list[float]) -> str:
     mean = sum(values) / len(values)
     return f"{mean:.3f} ±{(max(values) - min(values)) / 2:.3f}"
 
@@ -337,7 +348,7 @@ def report(paths, curve_rows: int = 12) -> str:
             params = rs[0]["params"]
             stops = ", ".join(f"{r['steps']}" for r in rs if r["plateaued"])
             lines.append(f"| {m} | {params / 1e6:.2f}M ({params / ref_params - 1:+.1%}) | {best:g} | "
-                         f"{_spread([r['final_acc'] for r in rs])} | {len(rs)} | "
+                         f"{mean_spread([r['final_acc'] for r in rs])} | {len(rs)} | "
                          + " | ".join(f"{mean[lr]:.3f}" if lr in mean else "–" for lr in lrs)
                          + f" | {per_query} | {sum(r['plateaued'] for r in rs)}/{len(rs)}"
                          + (f" (at step {stops})" if stops else "") + " |")
@@ -375,10 +386,7 @@ def main(argv=None) -> int:
     ap.add_argument("--patience", type=int, default=8,
                     help="evals without a gain above 0.01 before a run stops (0: never)")
     ap.add_argument("--eval-examples", type=int, default=1000)
-    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", default="runs/mqar/sweep.jsonl", help="JSON lines, appended; finished runs are skipped")
-    ap.add_argument("--report", nargs="+", metavar="FILE", help="print the tables of these JSON-lines files and exit")
+    add_run_arguments(ap, "runs/mqar/sweep.jsonl")
     args = ap.parse_args(argv)
     if args.report:
         print(report(args.report))
