@@ -11,15 +11,16 @@ Hierarchy"):
 Every training batch is `--batch` examples of one length n, drawn uniformly from 1 to
 `--train-len` L, one example per row. Training on all lengths up to L is Deletang et al.'s setup;
 it gives the short examples that make the task learnable at all (at a fixed length with one answer
-per example, bench/quality.py, no model here left chance). Loss on the answers only. Held-out sets (`--eval-examples`, one example per row, fixed seeds) at n = L, 2L
-and 4L (the next odd length for modarith) give the accuracy at the training length and beyond it.
+per example, bench/quality.py, no model here left chance). Loss on the answers only. Held-out
+sets (`--eval-examples`, one example per row, fixed seeds) at n = L, 2L and 4L (the next odd
+length for modarith) give the accuracy at the training length and beyond it.
 
 Models are bench/mqar.py's (2 layers, 2 heads, width `--d-model`, parameter counts matched the
 same way), overrides ride on a model name the same way, e.g.
 
     --models 'hope-no-selfmod,hope-no-selfmod:model.titans_beta_max=2'
 
-(β ∈ (0, 2) lets the delta rule's transition I − β k kᵀ have a negative eigenvalue, which a
+(β ∈ (0, 2) lets the delta rule's transition α(I − β k kᵀ) have a negative eigenvalue, which a
 finite-precision linear recurrence needs to track parity: Grazzi et al. 2025, "Unlocking State-
 Tracking in Linear RNNs Through Negative Eigenvalues"). Note that with hope-tiny's chunk size 32
 the examples at L = 16 are one chunk each, so Hope's self-modification acts only at 2L and 4L
@@ -48,8 +49,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mqar import (CONFIGS, mean_spread, add_run_arguments, append_record, evaluate, param_count, parse_models, plateaued,
-                  read_records, sizing, split_top)
+from mqar import (CONFIGS, add_run_arguments, append_record, evaluate, mean_spread, param_count, parse_models,
+                  plateaued, read_records, sizing, split_top)
 from quality import build, optimizer, train_step
 
 from hope_mega.eval.synthetic import SyntheticBatch, make_modarith, make_parity
@@ -99,8 +100,8 @@ def run_one(spec, lr: float, seed: int, params: int, sets: dict, args) -> dict:
     _, model = build(name, VOCAB, args.device, seed, sizing(name, args.d_model, extra), CONFIGS)
     opt = optimizer(model, lr)
     model.train()
-    loss_sum, since, step, loss, stopped, curve, accs = torch.zeros((), device=args.device), 0, 0, float("nan"), False, [], {}
-    tokens = 0
+    loss_sum, since, step, tokens = torch.zeros((), device=args.device), 0, 0, 0
+    loss, stopped, curve, accs = float("nan"), False, [], {}
     while step < args.steps:
         b = training_batch(args.task, args.batch, args.train_len, seed * 2**32 + step)
         loss_sum += train_step(model, opt, (b.input_ids, b.labels, b.loss_mask.float()), step, args.steps, lr,
@@ -176,11 +177,12 @@ def report(paths) -> str:
             by_lr = {lr: [r for (mm, ll, _), r in sorted(runs.items()) if mm == m and ll == lr] for lr in lrs}
             mean = {lr: sum(r["acc"] for r in rs) / len(rs) for lr, rs in by_lr.items() if rs}
             beyond = {lr: sum(r["acc_2x"] + r["acc_4x"] for r in by_lr[lr]) for lr in mean}
-            best = max(mean, key=lambda lr: (mean[lr], beyond[lr] / len(by_lr[lr]), -lr))  # ties at L: the longer lengths
+            # ties at L (1.0 is common) go to the lr that carried the task further
+            best = max(mean, key=lambda lr: (mean[lr], beyond[lr] / len(by_lr[lr]), -lr))
             rs = by_lr[best]
             reached = ", ".join("–" if r["tokens_to_0.9"] is None else f"{r['tokens_to_0.9'] / 1e6:.2f}M" for r in rs)
-            lines.append(f"| {m} | {rs[0]['params'] / 1e6:.3f}M | {best:g} | {mean_spread([r['acc'] for r in rs])} | "
-                         f"{mean_spread([r['acc_2x'] for r in rs])} | {mean_spread([r['acc_4x'] for r in rs])} | {len(rs)} | "
+            accs = " | ".join(mean_spread([r[k] for r in rs]) for k in ("acc", "acc_2x", "acc_4x"))
+            lines.append(f"| {m} | {rs[0]['params'] / 1e6:.3f}M | {best:g} | {accs} | {len(rs)} | "
                          + " | ".join(f"{mean[lr]:.3f}" if lr in mean else "–" for lr in lrs)
                          + f" | {reached} | {sum(r['plateaued'] for r in rs)}/{len(rs)} |")
         lines.append("")
@@ -201,7 +203,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=128, help="examples per training step")
     ap.add_argument("--steps", type=int, default=2000, help="the schedule's length; a plateau ends a run sooner")
     ap.add_argument("--eval-every", type=int, default=100)
-    ap.add_argument("--patience", type=int, default=8, help="evals without a gain above 0.01 at L before a run stops (0: never)")
+    ap.add_argument("--patience", type=int, default=8,
+                    help="evals without a gain above 0.01 at L before a run stops (0: never)")
     ap.add_argument("--eval-examples", type=int, default=500)
     add_run_arguments(ap, "runs/formal/sweep.jsonl")
     args = ap.parse_args(argv)
