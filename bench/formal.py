@@ -208,6 +208,8 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-examples", type=int, default=500)
     add_run_arguments(ap, "runs/formal/sweep.jsonl")
     args = ap.parse_args(argv)
+    if args.task == "modarith" and args.train_len % 2 == 0:  # else "at L" would score an untrained length
+        ap.error(f"--train-len {args.train_len}: modarith expressions have odd lengths; give an odd L")
     if args.report:
         print(report(args.report))
         return 0

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from hope_mega.eval.synthetic import IGNORE, evaluate_modular
@@ -103,3 +104,9 @@ def test_report_breaks_a_tie_at_L_by_the_longer_lengths(tmp_path):
                              for lr, a2, a4 in [(1e-3, 0.6, 0.5), (3e-3, 0.99, 0.9), (1e-2, 0.9, 0.5)]) + "\n")
     row = next(line for line in formal.report([out]).splitlines() if line.startswith("| m |"))
     assert row.startswith("| m | 0.100M | 0.003 | 1.000 ±0.000 | 0.990 ±0.000 | 0.900 ±0.000 | 1 |"), row
+
+
+def test_an_even_training_length_for_modarith_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        formal.main(["--task", "modarith", "--train-len", "16"])
+    assert "--train-len 16: modarith expressions have odd lengths" in capsys.readouterr().err
