@@ -25,8 +25,17 @@ class CMSLevel(nn.Module):
         self.gate_up = layers.column(cfg.d_model, 2 * level.hidden, cfg.init_std, sections=2)
         self.down = layers.row(level.hidden, cfg.d_model, cfg.init_std / math.sqrt(2 * n_layers))
         self.period = level.period
+        self._tag_parameters()
+
+    def _tag_parameters(self) -> None:
         for p in self.parameters():
-            p.cms_period = level.period
+            p.cms_period = self.period
+
+    def __setstate__(self, state) -> None:
+        # copy.deepcopy and pickle rebuild each Parameter without its Python attributes; an
+        # optimizer built on the copy would otherwise update this level every step.
+        super().__setstate__(state)
+        self._tag_parameters()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up(self.norm(x)).chunk(2, dim=-1)

@@ -79,3 +79,26 @@ def test_cosine_schedule():
     assert cosine_lr(9, 1.0, 10, 100, 0.1) == 1.0
     assert abs(cosine_lr(55, 1.0, 10, 100, 0.1) - 0.55) < 1e-12
     assert cosine_lr(100, 1.0, 10, 100, 0.1) == 0.1
+
+
+def test_a_copied_or_pickled_model_keeps_its_cms_periods(tmp_path):
+    """copy.deepcopy and pickle rebuild Parameters without their Python attributes; the CMS levels
+    tag theirs again, so an optimizer built on the copy groups them by the same periods."""
+    from pathlib import Path
+
+    from hope_mega.config import load_config
+    from hope_mega.model.lm import HopeLM
+
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "hope-tiny.yaml",
+                      ["model.n_layers=1", "model.vocab_size=64"])
+    model = HopeLM(cfg.model, eos_id=2)
+
+    def periods(m):
+        return [(g["period"], g["weight_decay"], len(g["params"])) for g in param_groups(m, 0.1)]
+
+    assert {p for p, _, _ in periods(model)} == {1, 4}
+    torch.save(model, tmp_path / "model.pt")
+    for copied in (copy.deepcopy(model), torch.load(tmp_path / "model.pt", weights_only=False)):
+        assert periods(copied) == periods(model)
+        assert [getattr(p, "cms_period", 1) for p in copied.parameters()] == \
+               [getattr(p, "cms_period", 1) for p in model.parameters()]
