@@ -283,6 +283,11 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"model.{key}: must be > 0, got {getattr(m, key)}")
     if not 0.0 < m.titans_beta_max <= 2.0:
         raise ConfigError(f"model.titans_beta_max: must be in (0, 2], got {m.titans_beta_max}")
+    if m.mixer != "titans" and m.titans_ablations():
+        raise ConfigError(
+            f"model.{m.titans_ablations()[0]}: the titans_* ablations change the Titans mixer only, "
+            f"not model.mixer: {m.mixer}"
+        )
     if m.memory == "mlp" and m.titans_ablations():
         raise ConfigError(
             f"model.{m.titans_ablations()[0]}: the titans_* ablations are for the matrix memories only, "

@@ -90,6 +90,8 @@ def test_dispatcher_runs_a_variant_in_the_chunk_form(titans_inputs):
         (["model.titans_beta_max=2.5"], "model.titans_beta_max: must be in (0, 2], got 2.5"),
         (["model.memory=mlp", "model.titans_q_scale=true"], "model.titans_q_scale: the titans_* ablations are for the matrix memories only"),
         (["model.memory=mlp", "model.titans_residual_read=false"], "model.titans_residual_read:"),
+        (["model.mixer=gdn", "model.titans_beta_max=2"], "model.titans_beta_max: the titans_* ablations change the Titans mixer only, not model.mixer: gdn"),
+        (["model.mixer=attention", "model.titans_value_norm=false"], "not model.mixer: attention"),
     ],
 )
 def test_config_validation(overrides, message):
