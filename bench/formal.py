@@ -49,9 +49,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mqar import (CONFIGS, add_run_arguments, append_record, evaluate, mean_spread, param_count, parse_models,
+from mqar import (CONFIGS, add_run_arguments, append_record, evaluate, param_count, parse_models,
                   plateaued, read_records, sizing, split_top)
-from quality import build, optimizer, train_step
+from quality import build, mean_spread, optimizer, train_step
 
 from hope_mega.eval.synthetic import SyntheticBatch, make_modarith, make_parity
 

@@ -76,7 +76,7 @@ from pathlib import Path
 
 import torch
 
-from quality import MODELS, ROOT, build, forward, model_config, optimizer, train_step
+from quality import MODELS, ROOT, build, forward, mean_spread, model_config, optimizer, train_step
 
 from hope_mega.config import ConfigError
 from hope_mega.eval.scoring import score
@@ -303,11 +303,6 @@ def sweep(args) -> int:
 
 def _tokens(n: int) -> str:
     return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.0f}k" if n >= 1e4 else str(n)
-
-
-def mean_spread(values: list[float]) -> str:
-    mean = sum(values) / len(values)
-    return f"{mean:.3f} ±{(max(values) - min(values)) / 2:.3f}"
 
 
 def _curve_at(curve: list, tokens: int) -> float | None:

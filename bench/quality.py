@@ -20,6 +20,11 @@ Tasks (each a fresh model, trained on that task only):
 
     python bench/quality.py --seed 0 --out runs/quality/seed0.json
     python bench/quality.py --seed 0 --lm-steps 20000 --task-steps 5000 --device cuda   # bigger
+    # the LM only, on another corpus (its tokenizer and shards are built in --workdir):
+    python bench/quality.py --tasks lm --models hope --corpus CORPUS_DIR --workdir runs/lm/work --lm-steps 1200 --batch 16
+
+MQAR and the formal tasks here are the early, tiny-budget versions; bench/mqar.py and
+bench/formal.py measure recall and length generalisation properly.
 
 The defaults take about 30 minutes on one CPU core (run two seeds side by side on two cores, each
 with its own --workdir: two processes reading the same local MDS folder at the same moment can
@@ -53,6 +58,7 @@ MODELS = {
     "hope-no-selfmod": ("hope-tiny.yaml", ["model.chunk_size=1048576"]),
     "hope-no-cms": ("hope-tiny.yaml", ["model.cms_levels=[{hidden: 512, period: 1}]"]),
 }
+TASKS = ("lm", "mqar", "parity", "modarith")
 TASK_VOCAB = 64  # synthetic tasks: ids 4..63 (0-3 are the tokenizer's specials)
 
 
@@ -113,16 +119,22 @@ def train(model, cfg, batches, steps: int, lr: float, device: str) -> list[float
     return [train_step(model, opt, batches(step), step, steps, lr, device).item() for step in range(steps)]
 
 
-def lm_data(workdir: Path, seq_len: int):
-    """The demo's tokenizer and shards (built on first use), as train and val token rows."""
+def lm_data(workdir: Path, seq_len: int, corpus: Path | None = None):
+    """A 4K tokenizer and MDS shards of `corpus` (the built-in demo corpus when None), built in
+    `workdir` on first use, as train and val token rows. One workdir per corpus: what is already
+    built there is reused whatever `corpus` says."""
     from hope_mega.cli import main
     from hope_mega.data.default_corpus import write_default_corpus
     from hope_mega.data.loader import read_rows
     from hope_mega.data.tokenizer import load_tokenizer
 
-    corpus, tok, data = workdir / "corpus", workdir / "tokenizer", workdir / "data"
-    if not corpus.is_dir():
-        write_default_corpus(corpus)
+    tok, data = workdir / "tokenizer", workdir / "data"
+    if corpus is None:
+        corpus = workdir / "corpus"
+        if not corpus.is_dir():
+            write_default_corpus(corpus)
+    elif not corpus.is_dir():
+        raise SystemExit(f"--corpus {corpus}: no such directory")
     if not (tok / "tokenizer.model").is_file():
         main(["tokenizer", "train", "--input", str(corpus), "--output", str(tok), "--vocab-size", "4096"])
     if not (data / "dataset_card.json").is_file():
@@ -158,7 +170,13 @@ def synthetic_batches(make, batch: int, seed: int):
 def run(args) -> dict:
     device, seed = args.device, args.seed
     results: dict = {"seed": seed, "args": vars(args), "models": {}}
-    train_rows, val_rows, tok = lm_data(Path(args.workdir), args.seq_len)
+    names = args.tasks.split(",")
+    unknown = sorted(set(names) - set(TASKS))
+    if unknown:
+        raise SystemExit(f"--tasks: unknown {', '.join(unknown)} (known: {', '.join(TASKS)})")
+    if "lm" in names:
+        train_rows, val_rows, tok = lm_data(Path(args.workdir), args.seq_len,
+                                            Path(args.corpus) if args.corpus else None)
     L = args.formal_len
     tasks = {
         "mqar": (lambda n, s: make_mqar(n, 64, TASK_VOCAB, num_pairs=4 + 4 * (s % 2), seed=s),
@@ -173,18 +191,24 @@ def run(args) -> dict:
         start = time.perf_counter()
         cfg, model = build(name, 4096, device, seed)
         entry = {"params_lm": parameter_counts(cfg.model)["total_params"]}
-        gen = torch.Generator().manual_seed(seed)
-        order = torch.randperm(len(train_rows), generator=gen)
+        if "lm" in names:
+            gen = torch.Generator().manual_seed(seed)
+            order = torch.randperm(len(train_rows), generator=gen)
 
-        def lm_batches(step):
-            idx = order[(step * args.batch + torch.arange(args.batch)) % len(order)]
-            rows = train_rows[idx]
-            labels = rows[:, 1:]
-            return rows[:, :-1], labels, (labels != tok.pad_id).float()
+            def lm_batches(step):
+                idx = order[(step * args.batch + torch.arange(args.batch)) % len(order)]
+                rows = train_rows[idx]
+                labels = rows[:, 1:]
+                return rows[:, :-1], labels, (labels != tok.pad_id).float()
 
-        losses = train(model, cfg, lm_batches, args.lm_steps, args.lr, device)
-        entry["lm"] = {"train_loss_last50": float(np.mean(losses[-50:])), **lm_eval(model, val_rows, tok, device, tok.pad_id)}
+            losses = train(model, cfg, lm_batches, args.lm_steps, args.lr, device)
+            entry["lm"] = {"train_loss_last50": float(np.mean(losses[-50:])),
+                           "train_tokens": args.lm_steps * args.batch * (args.seq_len - 1),
+                           "epochs": args.lm_steps * args.batch / len(train_rows),
+                           **lm_eval(model, val_rows, tok, device, tok.pad_id)}
         for task, (make_train, evals) in tasks.items():
+            if task not in names:
+                continue
             cfg_t, model_t = build(name, TASK_VOCAB, device, seed)
             losses = train(model_t, cfg_t, synthetic_batches(make_train, args.batch, seed + 17), args.task_steps, args.lr, device)
             entry[task] = {"train_loss_last50": float(np.mean(losses[-50:]))}
@@ -197,14 +221,45 @@ def run(args) -> dict:
     return results
 
 
+def mean_spread(values: list[float], digits: int = 3) -> str:
+    """Mean ± half the range: with two or three seeds, the spread is the range, not a deviation."""
+    mean = sum(values) / len(values)
+    return f"{mean:.{digits}f} ±{(max(values) - min(values)) / 2:.{digits}f}"
+
+
+def lm_report(paths: list[str]) -> str:
+    """One row per model over the result files of its seeds: held-out perplexity and bits per
+    byte (mean ± half-range), the seeds, the training tokens and the wall time per seed."""
+    runs: dict[str, list[tuple[int, dict]]] = {}
+    for path in paths:
+        results = json.loads(Path(path).read_text())
+        for name, entry in results["models"].items():
+            if "lm" in entry:
+                runs.setdefault(name, []).append((results["seed"], entry))
+    lines = ["| model | params | held-out ppl | bits per byte | seeds | train tokens (epochs) | s per seed |",
+             "|---|---|---|---|---|---|---|"]
+    for name, rs in runs.items():
+        rs.sort(key=lambda r: r[0])
+        lm = [e["lm"] for _, e in rs]
+        tokens = sorted({x["train_tokens"] for x in lm})
+        if len(tokens) > 1:
+            raise SystemExit(f"{name}: seeds trained on different token counts {tokens}; report each budget apart")
+        seeds = ", ".join(str(seed) for seed, _ in rs)
+        seconds = ", ".join(f"{e['seconds']:.0f}" for _, e in rs)
+        lines.append(f"| {name} | {rs[0][1]['params_lm'] / 1e6:.2f}M | {mean_spread([x['ppl'] for x in lm], 2)} | "
+                     f"{mean_spread([x['bpb'] for x in lm])} | {seeds} | {tokens[0] / 1e6:.2f}M ({lm[0]['epochs']:.2f}) | "
+                     f"{seconds} |")
+    return "\n".join(lines)
+
+
 def table(results: dict) -> str:
     cols = ["lm ppl", "lm bpb", "mqar-4pairs", "mqar-8pairs", "parity@1L", "parity@2L", "parity@4L",
             "modarith@1L", "modarith@2L", "modarith@4L"]
     lines = ["| model | params | " + " | ".join(cols) + " |", "|---" * (len(cols) + 2) + "|"]
     for name, e in results["models"].items():
-        vals = [f"{e['lm']['ppl']:.1f}", f"{e['lm']['bpb']:.3f}"]
-        vals += [f"{e['mqar'][c]:.3f}" for c in cols[2:4]]
-        vals += [f"{e['parity'][c]:.3f}" for c in cols[4:7]] + [f"{e['modarith'][c]:.3f}" for c in cols[7:]]
+        vals = [f"{e['lm']['ppl']:.1f}", f"{e['lm']['bpb']:.3f}"] if "lm" in e else ["–", "–"]
+        for task, labels in (("mqar", cols[2:4]), ("parity", cols[4:7]), ("modarith", cols[7:])):
+            vals += [f"{e[task][c]:.3f}" if task in e else "–" for c in labels]
         lines.append(f"| {name} | {e['params_lm'] / 1e6:.2f}M | " + " | ".join(vals) + " |")
     return "\n".join(lines)
 
@@ -213,6 +268,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--tasks", default=",".join(TASKS), help="which of " + ", ".join(TASKS))
+    ap.add_argument("--corpus", default=None,
+                    help="a folder of .txt/.jsonl files to train the LM on instead of the built-in corpus")
     ap.add_argument("--lm-steps", type=int, default=600)
     ap.add_argument("--task-steps", type=int, default=400)
     ap.add_argument("--batch", type=int, default=8)
@@ -223,7 +281,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--workdir", default="runs/demo", help="where the demo corpus, tokenizer and data are (or go)")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
+    ap.add_argument("--report", nargs="+", metavar="JSON",
+                    help="print the LM table (mean ± half-range over seeds) of these --out files and exit")
     args = ap.parse_args()
+    if args.report:
+        print(lm_report(args.report))
+        return
     torch.set_num_threads(args.threads)
     results = run(args)
     print(table(results))
