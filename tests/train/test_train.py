@@ -75,6 +75,10 @@ def test_data_parallel_zero2_matches_single_process(single, dp2, variant):
 
 @pytest.mark.parametrize("sp", [False, True], ids=["tp2", "tp2-sp"])
 def test_tensor_parallel_matches_single_process(single, tiny_data, tmp_path, sp, variant):
+    if variant == M3 and not sp:
+        # M3 sees the same sharded matrices with and without sequence parallelism (which moves
+        # only activations); the tp2-sp run covers it, and AdamW covers TP without SP.
+        pytest.skip("M3 under TP is covered by the tp2-sp run")
     if variant == MLP_MEMORY:
         # The gradient norm of this run spikes at step 7 (1.6 -> 6.4) and amplifies the layouts'
         # fp32 rounding a hundredfold (TP=2 grad norm off by 2e-3 there, 6e-2 a step later); at a
@@ -197,6 +201,10 @@ def test_resume_with_another_data_parallel_size(dp2, tiny_data, tmp_path, varian
 def test_start_from_converted_weights_at_another_tp_size(single, tiny_data, tmp_path, variant):
     """train.init_from: the step-9 weights of the TP=1 run, loaded by a fresh TP=2 run and a fresh
     TP=1 run: both start from the same model (same first loss), far below a fresh start."""
+    if variant == M3:
+        # init_from reads weights only and starts a fresh optimizer, so M3 adds nothing to what
+        # AdamW's run checks (the matrix memories) and the MLP-memory run (their weights).
+        pytest.skip("weights only: covered by the adamw and mlp-memory runs")
     source = single / checkpoint.tag_for(9)
     runs = {}
     for tp in (1, 2):
