@@ -1,5 +1,4 @@
-"""Does Hope learn better? hope-tiny against Transformer++, Hope with MLP memories and two Hope
-ablations, on CPU.
+"""Does Hope learn better? hope-tiny against Transformer++, MLP memories and ablations, on CPU.
 
 Five models of equal parameter count (±5%), each trained from the same seed with the same
 optimizer (CMS-aware AdamW, warmup + cosine) and the same tokens:
