@@ -227,17 +227,18 @@ def mean_spread(values: list[float], digits: int = 3) -> str:
 
 
 def lm_report(paths: list[str]) -> str:
-    """One row per model over the result files of its seeds: held-out perplexity and bits per
-    byte (mean ± half-range), the seeds, the training tokens and the wall time per seed."""
-    runs: dict[str, list[tuple[int, dict]]] = {}
+    """One row per model and learning rate over the result files of its seeds: held-out
+    perplexity and bits per byte (mean ± half-range), the seeds, the training tokens and the wall
+    time per seed."""
+    runs: dict[tuple[str, float], list[tuple[int, dict]]] = {}
     for path in paths:
         results = json.loads(Path(path).read_text())
         for name, entry in results["models"].items():
             if "lm" in entry:
-                runs.setdefault(name, []).append((results["seed"], entry))
-    lines = ["| model | params | held-out ppl | bits per byte | seeds | train tokens (epochs) | s per seed |",
-             "|---|---|---|---|---|---|---|"]
-    for name, rs in runs.items():
+                runs.setdefault((name, results["args"]["lr"]), []).append((results["seed"], entry))
+    lines = ["| model | params | lr | held-out ppl | bits per byte | seeds | train tokens (epochs) | s per seed |",
+             "|---|---|---|---|---|---|---|---|"]
+    for (name, lr), rs in runs.items():
         rs.sort(key=lambda r: r[0])
         lm = [e["lm"] for _, e in rs]
         tokens = sorted({x["train_tokens"] for x in lm})
@@ -245,7 +246,7 @@ def lm_report(paths: list[str]) -> str:
             raise SystemExit(f"{name}: seeds trained on different token counts {tokens}; report each budget apart")
         seeds = ", ".join(str(seed) for seed, _ in rs)
         seconds = ", ".join(f"{e['seconds']:.0f}" for _, e in rs)
-        lines.append(f"| {name} | {rs[0][1]['params_lm'] / 1e6:.2f}M | {mean_spread([x['ppl'] for x in lm], 2)} | "
+        lines.append(f"| {name} | {rs[0][1]['params_lm'] / 1e6:.2f}M | {lr:g} | {mean_spread([x['ppl'] for x in lm], 2)} | "
                      f"{mean_spread([x['bpb'] for x in lm])} | {seeds} | {tokens[0] / 1e6:.2f}M ({lm[0]['epochs']:.2f}) | "
                      f"{seconds} |")
     return "\n".join(lines)
