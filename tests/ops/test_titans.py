@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from hope_mega.ops.common import MEM_K, MEM_MAIN, MEM_Q, MEM_V, log_decay, unit_norm
+from hope_mega.ops.common import MEM_K, MEM_MAIN, MEM_Q, MEM_V, NORM_EPS, log_decay, unit_norm
 from hope_mega.ops.titans_linear.chunk import titans_chunk
 from hope_mega.ops.titans_linear.reference import titans_reference
 
@@ -37,6 +37,24 @@ def test_chunk_equals_reference_packed(titans_inputs, C):
     # Two rows of 50: documents of odd lengths, one spanning a whole row, one of length 1.
     cu = torch.tensor([0, 13, 37, 49, 50, 100])
     assert_forms_agree(titans_inputs(B=2, T=50, H=3, D=8, seed=C), C, cu)
+
+
+def test_unit_norm_backward_equals_autograd_of_its_formula():
+    """Every form calls the same unit_norm, whose backward is written by hand, so the forms'
+    agreement cannot check it: here it is held against autograd of N(x) = x rsqrt(|x|^2 + eps),
+    a zero vector (padding, zero initial states) included."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 3, 16, dtype=torch.float64, generator=g) * torch.tensor([1e-4, 1.0, 30.0], dtype=torch.float64)[:, None]
+    x[0, 0] = 0.0
+    x.requires_grad_(True)
+    grad_out = torch.randn(x.shape, dtype=torch.float64, generator=g)
+    formula = x * torch.rsqrt(x.square().sum(-1, keepdim=True) + NORM_EPS)
+    y = unit_norm(x)
+    assert (y - formula).abs().max() <= 1e-15
+    (gx,) = torch.autograd.grad((y * grad_out).sum(), x)
+    (gx_ref,) = torch.autograd.grad((formula * grad_out).sum(), x)
+    assert (gx - gx_ref).abs().max() <= 1e-12 * gx_ref.abs().max()
+    assert gx[0, 0].abs().max() > 0  # the zero vector's gradient is grad_out / sqrt(eps), not lost
 
 
 def test_fp64_agreement_is_rounding_error(titans_inputs):

@@ -60,8 +60,8 @@ def test_each_switch_changes_the_layer(titans_inputs, name):
 
 def test_beta_max_two_gives_learning_rates_above_one(titans_inputs):
     inp = titans_inputs(B=1, T=32, H=2, D=8, seed=5)
-    reads = [u.reshape(1, 32, 2, 8) for u in inp.us]
-    beta = chunk_reads(inp.s0[None], *reads, *inp.params[1:], variant=TitansVariant(beta_max=2.0))[3]
+    reads = [u.reshape(1, 32, 2, 8).permute(2, 0, 1, 3) for u in inp.us]  # one chunk, heads first
+    beta = chunk_reads(inp.s0[:, None], *reads, *inp.params[1:], variant=TitansVariant(beta_max=2.0))[3]
     assert beta.max() > 1.0 and beta.max() < 2.0 and beta.min() > 0.0
 
 

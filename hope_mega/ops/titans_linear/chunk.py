@@ -39,82 +39,93 @@ ALL_MEMORIES, MAIN_ONLY = slice(None), slice(MEM_MAIN, MEM_MAIN + 1)
 assert MEM_MAIN == len(MEMORIES) - 1
 
 
+def _times(u: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
+    """u @ M for u [H, n, C, D] and M [H, n or 1, D, E] -> [H, n, C, E].
+
+    A shared M (one for all n sequences: every sequence's first chunk reads s0) multiplies all
+    n*C rows of a head at once, where matmul's broadcasting would copy it n times.
+    """
+    if M.shape[1] == 1 and u.shape[1] != 1:
+        return (u.flatten(1, 2) @ M[:, 0]).unflatten(1, u.shape[1:3])
+    return u @ M
+
+
 def _read(S: torch.Tensor, u: torch.Tensor, residual: bool = True) -> torch.Tensor:
-    """M(u) = u + S u for a chunk: S [n or 1, H, D, D], u [n, C, H, D]; M(u) = S u without `residual`."""
-    Su = torch.einsum("nhij,nchj->nchi", S, u)
+    """M(u) = u + S u for a chunk: S [H, n or 1, D, D], u [H, n, C, D]; M(u) = S u without `residual`."""
+    Su = _times(u, S.transpose(-1, -2))
     return u + Su if residual else Su
 
 
 def chunk_reads(S, uq, uk, uv, ue, ua, w_eta, b_eta, w_alpha, b_alpha, a_log, written=ALL_MEMORIES,
                 variant: TitansVariant = DEFAULT_VARIANT):
-    """What a chunk reads from the states at its start, S [n or 1, H, 6, D, D], inputs [n, C, H, D].
+    """What a chunk reads from the states at its start, heads first: S [H, n or 1, 6, D, D],
+    inputs [H, n, C, D].
 
-    Returns q, k [n, C, H, D], the delta-rule values v_hat_m - k (v_hat_m without the residual
-    read) of the `written` memories stacked [n, C, H, m*D], and beta, g [n, C, H].
+    Returns q, k [H, n, C, D], the delta-rule values v_hat_m - k (v_hat_m without the residual
+    read) of the `written` memories side by side [H, n, C, m*D], and beta, g [H, n, C].
     """
-    n, C, H, D = uq.shape
+    H, n, C, D = uq.shape
     res = variant.residual_read
     k = unit_norm(_read(S[:, :, MEM_K], uk, res))
     q = variant.query(_read(S[:, :, MEM_Q], uq, res))
     v = variant.value(_read(S[:, :, MEM_V], uv, res))
     # w . M(u) = w . u + (S^T w) . u: S_eta and S_alpha are read through one vector per chunk.
-    r_eta = torch.einsum("nhij,hi->nhj", S[:, :, MEM_ETA], w_eta)
-    r_alpha = torch.einsum("nhij,hi->nhj", S[:, :, MEM_ALPHA], w_alpha)
+    r_eta = w_eta[:, None, None] @ S[:, :, MEM_ETA]  # [H, n or 1, 1, D]
+    r_alpha = w_alpha[:, None, None] @ S[:, :, MEM_ALPHA]
     if res:
-        r_eta, r_alpha = w_eta + r_eta, w_alpha + r_alpha
-    beta = learning_rate(torch.einsum("nchd,nhd->nch", ue, r_eta) + b_eta, variant.beta_max)
-    g = log_decay(torch.einsum("nchd,nhd->nch", ua, r_alpha) + b_alpha, a_log)
-    Sv = torch.einsum("nhmij,nchj->nchmi", S[:, :, written], v)
-    v_hat = variant.value(v[:, :, :, None] + Sv if res else Sv)  # [n, C, H, m, D]
-    values = (v_hat - k[:, :, :, None] if res else v_hat).flatten(-2)
+        r_eta, r_alpha = w_eta[:, None, None] + r_eta, w_alpha[:, None, None] + r_alpha
+    beta = learning_rate(_times(ue, r_eta.transpose(-1, -2)).squeeze(-1) + b_eta[:, None, None], variant.beta_max)
+    g = log_decay(_times(ua, r_alpha.transpose(-1, -2)).squeeze(-1) + b_alpha[:, None, None], a_log[:, None, None])
+    m = len(MEMORIES[written])
+    # The written memories' rows stacked, [H, n or 1, m*D, D]: one product reads them all.
+    Sv = _times(v, S[:, :, written].flatten(2, 3).transpose(-1, -2)).unflatten(-1, (m, D))
+    v_hat = variant.value(v[..., None, :] + Sv if res else Sv)  # [H, n, C, m, D]
+    values = (v_hat - k[..., None, :] if res else v_hat).flatten(-2)
     return q, k, values, beta, g
 
 
 def _chunk_step(S, uq, uk, uv, ue, ua, valid, w_eta, b_eta, w_alpha, b_alpha, a_log, carry,
                 variant: TitansVariant = DEFAULT_VARIANT):
-    """One self-modification chunk for n sequences at once.
+    """One self-modification chunk for n sequences at once, heads first.
 
     S [n or 1, H, 6, D, D] are the states at the chunk start (1: shared by all), inputs
-    [n, C, H, D]. Returns the main memory's output [n, C, H, D] and the states at the chunk end
-    of the first `carry` sequences (None for none). S is only ever multiplied through einsum,
-    which broadcasts a shared state without copying it n times (matmul would).
+    [H, n, C, D], valid [n, C]. Returns the main memory's output [H, n, C, D] and the states at
+    the chunk end of the first `carry` sequences (None for none). Everything runs as [H, n, ...],
+    so the products below are batched matmuls over views, with no transposing copy of the
+    activations.
     """
-    n, C, H, D = uq.shape
+    H, n, C, D = uq.shape
     written = ALL_MEMORIES if carry else MAIN_ONLY
-    q, k, values, beta, g = chunk_reads(S, uq, uk, uv, ue, ua, w_eta, b_eta, w_alpha, b_alpha, a_log, written, variant)
+    S = S.transpose(0, 1)  # [H, n or 1, 6, D, D]
+    Q, K, V, beta, g = chunk_reads(S, uq, uk, uv, ue, ua, w_eta, b_eta, w_alpha, b_alpha, a_log, written, variant)
     # Padding (past a sequence's end) gets beta = 0 and g = 0: it leaves the state untouched.
-    mask = valid[:, :, None].to(beta.dtype)
+    mask = valid.to(beta.dtype)
     beta, g = beta * mask, g * mask
 
-    # Gated delta rule over the chunk, heads first: values are the blocks v_hat - k (or v_hat).
-    K = k.transpose(1, 2)  # [n, H, C, D]
-    Q = q.transpose(1, 2)
-    V = values.transpose(1, 2)  # [n, H, C, m*D]
-    beta = beta.transpose(1, 2)  # [n, H, C]
-    G = g.transpose(1, 2).cumsum(-1)  # log of the decay from the chunk start, <= 0
-    S0 = S[:, :, written].flatten(2, 3)  # [n or 1, H, m*D, D]
+    # Gated delta rule over the chunk: values are the blocks v_hat - k (or v_hat).
+    G = g.cumsum(-1)  # log of the decay from the chunk start, <= 0
+    S0 = S[:, :, written].flatten(2, 3)  # [H, n or 1, m*D, D]
     causal = torch.ones(C, C, dtype=torch.bool, device=uq.device).tril()
     # exp(G_t - G_j) masked before the exp: exp(G_t) * exp(-G_j) overflows for long chunks.
     decay = (G[..., :, None] - G[..., None, :]).masked_fill(~causal, float("-inf")).exp()
-    KK = K @ K.transpose(-1, -2)
-    A = (beta[..., :, None] * decay * KK).tril(-1)
-    rhs = beta[..., None] * (V - G.exp()[..., None] * torch.einsum("nhij,nhcj->nhci", S0, K))
+    A = (beta[..., :, None] * decay * (K @ K.transpose(-1, -2))).tril(-1)
+    rhs = beta[..., None] * (V - G.exp()[..., None] * _times(K, S0.transpose(-1, -2)))
     # U = (I + A)^-1 rhs: the per-token "new values" u_t = beta_t (v_t - alpha_t S_{t-1} k_t).
     # The inverse is formed once, C columns, and applied by one matmul: a batched triangular
     # solve against all m*D value columns is several times slower on CPU than a matmul.
     eye = torch.eye(C, dtype=A.dtype, device=A.device)
     U = torch.linalg.solve_triangular(A, eye, upper=False, unitriangular=True) @ rhs
-    O = G.exp()[..., None] * torch.einsum("nhij,nhcj->nhci", S[:, :, MEM_MAIN], Q)
+    O = G.exp()[..., None] * _times(Q, S[:, :, MEM_MAIN].transpose(-1, -2))
     O = O + (decay * (Q @ K.transpose(-1, -2))) @ U[..., -D:]
-    out = (Q + O if variant.residual_read else O).transpose(1, 2)  # M_mem(q) = q + S_mem q, read after the write
+    out = Q + O if variant.residual_read else O  # M_mem(q) = q + S_mem q, read after the write
     if not carry:
         return out, None
     if carry < n:
-        U, K, G = U[:carry], K[:carry], G[:carry]
-        S0 = S0[:carry] if S0.shape[0] > 1 else S0
+        U, K, G = U[:, :carry], K[:, :carry], G[:, :carry]
+        S0 = S0[:, :carry] if S0.shape[1] > 1 else S0
     G_end = G[..., -1:]
     S_next = G_end.exp()[..., None] * S0 + (U * (G_end - G).exp()[..., None]).transpose(-1, -2) @ K
-    return out, S_next.unflatten(2, (len(MEMORIES), D))
+    return out, S_next.unflatten(2, (len(MEMORIES), D)).transpose(0, 1)
 
 
 def titans_chunk(

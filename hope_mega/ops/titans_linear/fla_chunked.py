@@ -59,7 +59,7 @@ def titans_fla(
     M = len(MEMORIES)
     sched = ChunkSchedule(sequence_lengths(B, T, cu_seqlens), chunk_size, u_q.device)
     dt = compute_dtype(u_q)
-    slots = sched.gather(u_q, u_k, u_v, u_eta, u_alpha, dtype=dt)  # [slots, C, 5, H, D]
+    slots = sched.gather(u_q, u_k, u_v, u_eta, u_alpha, dtype=dt)  # 5 x [H, slots, C, D]
     params = [p.to(dt) for p in (w_eta, b_eta, w_alpha, b_alpha, a_log)]
 
     # Per step, the real tokens of the running sequences and their fla varlen boundaries. Kept on
@@ -75,10 +75,11 @@ def titans_fla(
     mem = slice(MEM_MAIN * D, (MEM_MAIN + 1) * D)
     S = s0.to(dt).expand(sched.num_sequences, *s0.shape)
     outs, finished = [], []
-    for step, xs in enumerate(slots.split(sched.active)):
+    for step, xs in enumerate(zip(*(sched.steps(x) for x in slots))):
         n = sched.active[step]
-        q, k, values, beta, g = chunk_reads(S, *xs.unbind(2), *params)
-        q, k, values, beta, g = (t.flatten(0, 1)[real[step]][None] for t in (q, k, values, beta, g))
+        q, k, values, beta, g = chunk_reads(S.transpose(0, 1), *xs, *params)
+        # Heads first [H, n, C, ...] -> fla's [1, real tokens, H, ...].
+        q, k, values, beta, g = (t.movedim(0, 2).flatten(0, 1)[real[step]][None] for t in (q, k, values, beta, g))
         # fla's state is [n, H, K, V]: S^T, with the six memories side by side along V.
         h0 = S.reshape(n, H, M * D, D).transpose(-1, -2)
         o, h = chunk_gated_delta_rule(

@@ -54,12 +54,13 @@ def _mlp(w1: torch.Tensor, w2t: torch.Tensor, u: torch.Tensor):
 
 def _chunk_step(S, uq, uk, uv, ue, ua, valid, w_eta, b_eta, w_alpha, b_alpha, a_log, carry):
     """One self-modification chunk for n sequences: S [n or 1, H, 6, 2, D, h] at the chunk start
-    (1: shared by all), inputs [n, C, H, D]. Returns the main memory's output [n, C, H, D] and the
-    chunk-end weights of the first `carry` sequences (None for none)."""
-    S = S.expand(uq.shape[0], *S.shape[1:])
+    (1: shared by all), inputs [H, n, C, D], valid [n, C]. Returns the main memory's output
+    [H, n, C, D] and the chunk-end weights of the first `carry` sequences (None for none)."""
+    _, n, C, _ = uq.shape
+    S = S.expand(n, *S.shape[1:])
     w1, w2t = S[:, :, :, W1], S[:, :, :, W2T]  # [n, H, 6, D, h]
     # Reads at W̄: memories k, v, q, eta, alpha each on their own input, heads first.
-    U = torch.stack([x.transpose(1, 2) for x in (uk, uv, uq, ue, ua)], 2)  # [n, H, 5, C, D]
+    U = torch.stack([x.transpose(0, 1) for x in (uk, uv, uq, ue, ua)], 2)  # [n, H, 5, C, D]
     _, _, read = _mlp(w1[:, :, list(_READ_ORDER)], w2t[:, :, list(_READ_ORDER)], U)
     k, v, q = (unit_norm(read[:, :, i]) for i in range(3))  # [n, H, C, D]
     beta = learning_rate(torch.einsum("nhcd,hd->nhc", read[:, :, 3], w_eta) + b_eta[:, None])
@@ -77,7 +78,6 @@ def _chunk_step(S, uq, uk, uv, ue, ua, valid, w_eta, b_eta, w_alpha, b_alpha, a_
 
     G = g.cumsum(-1)  # log of the decay from the chunk start, <= 0
     # The main memory's output after each token's write, through [C x C] masked products.
-    C = uq.shape[1]
     causal = torch.ones(C, C, dtype=torch.bool, device=uq.device).tril()
     # exp(G_t - G_s) masked before the exp: exp(G_t) * exp(-G_s) overflows for long chunks.
     decay = (G[..., :, None] - G[..., None, :]).masked_fill(~causal, float("-inf")).exp()
@@ -88,8 +88,8 @@ def _chunk_step(S, uq, uk, uv, ue, ua, valid, w_eta, b_eta, w_alpha, b_alpha, a_
     act = F.gelu(Z)
     o = q + A * (act @ w1m.transpose(-1, -2)) - (P * (act @ a[:, :, MEM_MAIN].transpose(-1, -2))) @ r[:, :, MEM_MAIN]
     if not carry:
-        return o.transpose(1, 2), None
-    if carry < uq.shape[0]:
+        return o.transpose(0, 1), None
+    if carry < n:
         G, beta, r, a, k, delta, w1, w2t = (x[:carry] for x in (G, beta, r, a, k, delta, w1, w2t))
     # Chunk-end weights: W_C = A_C W̄ - Σ_s (A_C/A_s) β_s ∇ℓ_s(W̄).
     G_end = G[..., -1:]
@@ -97,7 +97,7 @@ def _chunk_step(S, uq, uk, uv, ue, ua, valid, w_eta, b_eta, w_alpha, b_alpha, a_
     keep = G_end.exp()[..., None, None]  # [carry, H, 1, 1, 1]
     w1_end = keep * w1 - (coef * r).transpose(-1, -2) @ a
     w2t_end = keep * w2t - (coef * k[:, :, None]).transpose(-1, -2) @ delta
-    return o.transpose(1, 2), torch.stack([w1_end, w2t_end], 3)
+    return o.transpose(0, 1), torch.stack([w1_end, w2t_end], 3)
 
 
 def titans_mlp_chunk(
