@@ -127,6 +127,9 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=None, help="cpu: torch threads")
     ap.add_argument("--peak-tflops", type=float, default=0.0, help="cuda: device peak if not a known GPU")
     args = ap.parse_args(argv)
+    for flag in ("steps", "rounds"):
+        if getattr(args, flag) < 1:
+            ap.error(f"--{flag} must be at least 1, got {getattr(args, flag)}")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     cuda = device == "cuda"
     if cuda and not torch.cuda.is_available():
