@@ -36,7 +36,10 @@ Every (setting, model, lr, seed) run trains with the CMS-aware AdamW, warmup + c
 and the accuracy of each query position) and stops early once the best of its last `--patience`
 evals is no more than 0.01 above the best before them (`plateaued`; MQAR often sits at chance for
 a few hundred steps before recall appears, so keep patience x eval-every well above that). The
-curve is accuracy against training tokens (steps x batch x seq_len).
+record also keeps the last eval's accuracy by where the query sits, in `--segment`-token spans:
+16 by default, so that at 64x4 the spans split at Hope's chunk boundary (32) and tell recall
+within the chunk that wrote the pairs from recall across a boundary. The curve
+is accuracy against training tokens (steps x batch x seq_len).
 
 Each finished run appends one JSON line to `--out`; a run whose line is already there is skipped,
 so a sweep resumes where it stopped and can be split over processes by `--models` / `--lrs`
@@ -174,10 +177,10 @@ def plateaued(accuracies: list[float], patience: int, min_gain: float = MIN_GAIN
     return max(accuracies[-patience:]) <= max(accuracies[:-patience]) + min_gain
 
 
-def evaluate(model, eval_set, device: str) -> dict:
+def evaluate(model, eval_set, device: str, segment: int | None = None) -> dict:
     model.eval()
     per_batch = max(1, EVAL_TOKENS.get(torch.device(device).type, 4096) // eval_set.input_ids.shape[1])
-    result = score(lambda ids: forward(model, ids, device), eval_set, batch_size=per_batch)
+    result = score(lambda ids: forward(model, ids, device), eval_set, batch_size=per_batch, segment=segment)
     model.train()
     return result
 
@@ -205,7 +208,7 @@ def run_one(spec, setting, lr: float, seed: int, params: int, eval_set, args) ->
         loss_sum.zero_()
         since = 0
         train_s += time.perf_counter() - t0
-        result = evaluate(model, eval_set, args.device)
+        result = evaluate(model, eval_set, args.device, args.segment)
         tokens = step * args.batch * seq_len
         curve.append([tokens, result["accuracy"]])
         print(f"{tag} step {step} tokens {_tokens(tokens)} loss {loss:.3f} acc {result['accuracy']:.4f}", flush=True)
@@ -221,6 +224,7 @@ def run_one(spec, setting, lr: float, seed: int, params: int, eval_set, args) ->
         "patience": args.patience, "eval_examples": args.eval_examples, "steps": step,
         "tokens": step * args.batch * seq_len, "curve": curve, "final_acc": curve[-1][1],
         "best_acc": max(a for _, a in curve), "acc_by_position": result["accuracy_by_answer"],
+        "segment": args.segment, "acc_by_segment": result["accuracy_by_segment"],
         "final_loss": loss, "plateaued": stopped, "seconds": round(time.perf_counter() - start, 2),
         "step_seconds": round(train_s / step, 4), "device": args.device,
     }
@@ -311,6 +315,29 @@ def _curve_at(curve: list, tokens: int) -> float | None:
     return seen[-1] if seen else None
 
 
+def _segment_table(best_segments: dict) -> list[str]:
+    """Accuracy by the query's position at each model's best lr, for the runs that recorded it
+    with one segment length (runs from before --segment, or with another length, are left out)."""
+    spans = {span for runs in best_segments.values() for span, _ in runs}
+    if len(spans) != 1:
+        return [] if not spans else ["", f"(accuracy by query position left out: runs use segments of {sorted(spans)})"]
+    span = spans.pop()
+    n = max(len(acc) for runs in best_segments.values() for _, acc in runs)
+    lines = ["", f"Accuracy by the query's position, in {span}-token segments, at each model's best lr (mean over the "
+             "seeds that recorded it; – where no query falls):", "",
+             "| model | seeds | " + " | ".join(f"{i * span}–{(i + 1) * span - 1}" for i in range(n)) + " |",
+             "|---" * (n + 2) + "|"]
+    for m, runs in best_segments.items():
+        if not runs:
+            continue
+        cells = []
+        for i in range(n):
+            vals = [acc[i] for _, acc in runs if i < len(acc) and acc[i] is not None]
+            cells.append(f"{sum(vals) / len(vals):.2f}" if vals else "–")
+        lines.append(f"| {m} | {len(runs)} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def report(paths, curve_rows: int = 12) -> str:
     tables: dict[tuple, dict] = defaultdict(dict)
     for r in read_records(paths):  # a run recorded twice: the later line counts
@@ -330,7 +357,7 @@ def report(paths, curve_rows: int = 12) -> str:
                   "| model | params | best lr | acc (mean ± half-range) | seeds | "
                   + " | ".join(f"lr {lr:g}" for lr in lrs) + " | per-query acc at best lr | plateaued |",
                   "|---" * (7 + len(lrs)) + "|"]
-        best_curves = {}
+        best_curves, best_segments = {}, {}
         for m in models:
             by_lr = {lr: [r for (mm, ll, _), r in sorted(runs.items(), key=lambda kv: kv[0][2]) if mm == m and ll == lr]
                      for lr in lrs}
@@ -338,6 +365,7 @@ def report(paths, curve_rows: int = 12) -> str:
             best = max(mean, key=lambda lr: (mean[lr], -lr))
             rs = by_lr[best]
             best_curves[m] = [r["curve"] for r in rs]
+            best_segments[m] = [(r["segment"], r["acc_by_segment"]) for r in rs if r.get("acc_by_segment")]
             positions = [r["acc_by_position"] for r in rs if r["acc_by_position"]]
             per_query = " ".join(f"{sum(c) / len(c):.2f}" for c in zip(*positions)) if positions else "–"
             params = rs[0]["params"]
@@ -359,6 +387,7 @@ def report(paths, curve_rows: int = 12) -> str:
                 vals = [v for v in (_curve_at(c, t) for c in best_curves[m]) if v is not None]
                 cells.append(f"{sum(vals) / len(vals):.3f}" if vals else "–")
             lines.append(f"| {_tokens(t)} | " + " | ".join(cells) + " |")
+        lines += _segment_table(best_segments)
         lines.append("")
     return "\n".join(lines)
 
@@ -381,8 +410,13 @@ def main(argv=None) -> int:
     ap.add_argument("--patience", type=int, default=8,
                     help="evals without a gain above 0.01 before a run stops (0: never)")
     ap.add_argument("--eval-examples", type=int, default=1000)
+    ap.add_argument("--segment", type=int, default=16,
+                    help="the final eval also reports accuracy by the position of the query, in spans of this "
+                         "many tokens (set it to a chunk size to split within-chunk from cross-chunk recall)")
     add_run_arguments(ap, "runs/mqar/sweep.jsonl")
     args = ap.parse_args(argv)
+    if args.segment < 1:
+        ap.error(f"--segment must be at least 1, got {args.segment}")
     if args.report:
         print(report(args.report))
         return 0

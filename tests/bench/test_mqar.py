@@ -26,7 +26,8 @@ def _load_mqar():
 mqar = _load_mqar()
 
 FIELDS = {"setting", "model", "params", "lr", "seed", "steps", "tokens", "curve", "final_acc",
-          "acc_by_position", "plateaued", "seconds", "step_seconds", "num_queries", "d_model", "batch", "vocab"}
+          "acc_by_position", "plateaued", "seconds", "step_seconds", "num_queries", "d_model", "batch", "vocab",
+          "segment", "acc_by_segment"}
 
 
 def _sweep(out: Path, models: str = "hope,transformer", lrs: str = "1e-3,3e-3", *extra: str) -> subprocess.CompletedProcess:
@@ -51,6 +52,8 @@ def test_sweep_records_resumes_and_reports(tmp_path, capsys):
         assert r["tokens"] == 2 * 4 * 64 and [t for t, _ in r["curve"]] == [4 * 64, 2 * 4 * 64]
         assert r["final_acc"] == r["curve"][-1][1] and 0 <= r["final_acc"] <= 1
         assert len(r["acc_by_position"]) == 4 and r["plateaued"] is False
+        # 64 positions in 16-token segments; the 4 pairs fill 0-7, so every segment holds queries
+        assert r["segment"] == 16 and len(r["acc_by_segment"]) == 4 and None not in r["acc_by_segment"]
     params = [r["params"] for r in records]
     assert max(params) / min(params) - 1 <= mqar.PARAM_TOLERANCE
 
@@ -68,6 +71,8 @@ def test_sweep_records_resumes_and_reports(tmp_path, capsys):
         row = next(line for line in text.splitlines() if line.startswith(f"| {model} |"))
         assert row.count("|") == 10 and "| 0/1 |" in row, row  # 9 columns; neither run stopped early
     assert "| tokens | hope | transformer |" in text and "| 256 |" in text and "| 512 |" in text
+    assert "Accuracy by the query's position, in 16-token segments" in text
+    assert "| model | seeds | 0–15 | 16–31 | 32–47 | 48–63 |" in text
 
 
 def test_another_vocabulary_is_another_run_and_another_table(tmp_path, capsys):
@@ -103,12 +108,12 @@ def test_plateau_rule():
 def test_a_plateau_stops_the_run(monkeypatch):
     scripted = iter([0.10, 0.30, 0.305, 0.30, 0.308, 0.9, 0.9])  # flat after the 2nd eval
 
-    def fake_evaluate(model, eval_set, device):
-        return {"accuracy": next(scripted), "accuracy_by_answer": [0.5] * 4}
+    def fake_evaluate(model, eval_set, device, segment=None):
+        return {"accuracy": next(scripted), "accuracy_by_answer": [0.5] * 4, "accuracy_by_segment": [0.5] * 4}
 
     monkeypatch.setattr(mqar, "evaluate", fake_evaluate)
     args = type("Args", (), dict(queries=None, vocab=mqar.ZOOLOGY_VOCAB, batch=1, steps=20, eval_every=2, patience=3, d_model=64,
-                                 eval_examples=0, device="cpu"))()
+                                 eval_examples=0, device="cpu", segment=16))()
     r = mqar.run_one(("transformer", [], "transformer"), (64, 4), 1e-3, 0, 1, None, args)
     assert r["plateaued"] is True and r["steps"] == 10 and r["max_steps"] == 20
     assert [a for _, a in r["curve"]] == [0.10, 0.30, 0.305, 0.30, 0.308] and r["final_acc"] == 0.308
@@ -128,3 +133,9 @@ def test_model_names_carry_overrides_and_missing_configs_are_unavailable(monkeyp
     assert mqar.param_count("absent", 128, []) == (None, "configs/no-such-config.yaml does not exist")
     count, why = mqar.param_count("hope", 128, ["model.mixer=no-such-mixer"])
     assert count is None and "model.mixer" in why
+
+
+def test_a_segment_below_one_is_refused_by_flag(capsys):
+    with pytest.raises(SystemExit):
+        mqar.main(["--segment", "0", "--out", "unused.jsonl"])
+    assert "--segment must be at least 1, got 0" in capsys.readouterr().err

@@ -160,6 +160,28 @@ def test_mqar_answers_cannot_be_had_by_elimination():
     assert res["accuracy_by_answer"] == [0.0] + [1.0] * 7
 
 
+def test_mqar_accuracy_by_segment_splits_by_the_query_position():
+    # Wrong on every query predicted at position 32 or later: right in the first two 16-token
+    # segments, wrong in the last two; with 8 pairs in positions 0-15 the first segment asks none.
+    batch = make_mqar(200, 64, VOCAB, num_pairs=8, seed=5, first_id=FIRST)
+    late = torch.arange(64) >= 32
+
+    def wrong_late(ids):
+        logits = mqar_oracle(ids).clone()
+        logits[:, late] *= -1
+        return logits
+
+    res = score(wrong_late, batch, batch_size=200, segment=16)
+    assert res["accuracy_by_segment"] == [None, 1.0, 0.0, 0.0]
+    asked_late = batch.loss_mask[:, late].sum().item()
+    assert res["accuracy"] == pytest.approx(1 - asked_late / batch.loss_mask.sum().item())
+    # one segment longer than the sequence is the overall accuracy
+    assert score(wrong_late, batch, batch_size=200, segment=100)["accuracy_by_segment"] == [res["accuracy"]]
+    assert "accuracy_by_segment" not in score(wrong_late, batch, batch_size=200)
+    with pytest.raises(ValueError, match="segment must be at least 1, got 0"):
+        score(wrong_late, batch, segment=0)
+
+
 def test_bad_sizes_are_refused():
     with pytest.raises(ValueError, match="mqar: seq_len 20 holds 8 pairs and at most 2 queries, asked for 8"):
         make_mqar(1, 20, VOCAB, num_pairs=8, seed=0)
