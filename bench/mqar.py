@@ -35,11 +35,12 @@ Every (setting, model, lr, seed) run trains with the CMS-aware AdamW, warmup + c
 `--steps` (bench/quality.py's optimizer and step), evaluates every `--eval-every` steps (accuracy
 and the accuracy of each query position) and stops early once the best of its last `--patience`
 evals is no more than 0.01 above the best before them (`plateaued`; MQAR often sits at chance for
-a few hundred steps before recall appears, so keep patience x eval-every well above that). The
-record also keeps the last eval's accuracy by where the query sits, in `--segment`-token spans:
-16 by default, so that at 64x4 the spans split at Hope's chunk boundary (32) and tell recall
-within the chunk that wrote the pairs from recall across a boundary. The curve
-is accuracy against training tokens (steps x batch x seq_len).
+a few hundred steps before recall appears, so keep patience x eval-every well above that). A run
+whose training loss since the last eval is not finite stops there (`diverged`; the report counts
+such runs at the best lr). The record also keeps the last eval's accuracy by where the query
+sits, in `--segment`-token spans: 16 by default, so that at 64x4 the spans split at Hope's chunk
+boundary (32) and tell recall within the chunk that wrote the pairs from recall across a
+boundary. The curve is accuracy against training tokens (steps x batch x seq_len).
 
 Each finished run appends one JSON line to `--out`; a run whose line is already there is skipped,
 so a sweep resumes where it stopped and can be split over processes by `--models` / `--lrs`
@@ -72,6 +73,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import sys
 import time
 from collections import defaultdict
@@ -195,7 +197,7 @@ def run_one(spec, setting, lr: float, seed: int, params: int, eval_set, args) ->
     opt = optimizer(model, lr)
     model.train()
     loss_sum, since, train_s = torch.zeros((), device=args.device), 0, 0.0
-    curve, result, stopped, step, loss = [], None, False, 0, float("nan")
+    curve, result, stopped, diverged, step, loss = [], None, False, False, 0, float("nan")
     t0 = time.perf_counter()
     while step < args.steps:
         b = make_mqar(args.batch, seq_len, args.vocab, pairs, seed=seed * 2**32 + step, num_queries=queries)
@@ -212,6 +214,12 @@ def run_one(spec, setting, lr: float, seed: int, params: int, eval_set, args) ->
         tokens = step * args.batch * seq_len
         curve.append([tokens, result["accuracy"]])
         print(f"{tag} step {step} tokens {_tokens(tokens)} loss {loss:.3f} acc {result['accuracy']:.4f}", flush=True)
+        # Clipping cannot bring back non-finite weights: every later step would cost a step's
+        # time and leave the accuracy where NaN logits put it.
+        diverged = not math.isfinite(loss)
+        if diverged:
+            print(f"{tag} diverged: the training loss since the last eval is {loss}; stopped", flush=True)
+            break
         stopped = plateaued([a for _, a in curve], args.patience)
         if stopped:
             print(f"{tag} plateaued: no gain above {MIN_GAIN} in the last {args.patience} evals; stopped", flush=True)
@@ -225,7 +233,7 @@ def run_one(spec, setting, lr: float, seed: int, params: int, eval_set, args) ->
         "tokens": step * args.batch * seq_len, "curve": curve, "final_acc": curve[-1][1],
         "best_acc": max(a for _, a in curve), "acc_by_position": result["accuracy_by_answer"],
         "segment": args.segment, "acc_by_segment": result["accuracy_by_segment"],
-        "final_loss": loss, "plateaued": stopped, "seconds": round(time.perf_counter() - start, 2),
+        "final_loss": loss, "plateaued": stopped, "diverged": diverged, "seconds": round(time.perf_counter() - start, 2),
         "step_seconds": round(train_s / step, 4), "device": args.device,
     }
 
@@ -370,11 +378,13 @@ def report(paths, curve_rows: int = 12) -> str:
             per_query = " ".join(f"{sum(c) / len(c):.2f}" for c in zip(*positions)) if positions else "–"
             params = rs[0]["params"]
             stops = ", ".join(f"{r['steps']}" for r in rs if r["plateaued"])
+            diverged = [f"{r['steps']}" for r in rs if not math.isfinite(r.get("final_loss", 0.0))]
             lines.append(f"| {m} | {params / 1e6:.2f}M ({params / ref_params - 1:+.1%}) | {best:g} | "
                          f"{mean_spread([r['final_acc'] for r in rs])} | {len(rs)} | "
                          + " | ".join(f"{mean[lr]:.3f}" if lr in mean else "–" for lr in lrs)
                          + f" | {per_query} | {sum(r['plateaued'] for r in rs)}/{len(rs)}"
-                         + (f" (at step {stops})" if stops else "") + " |")
+                         + (f" (at step {stops})" if stops else "")
+                         + (f"; {len(diverged)} diverged (non-finite loss, at step {', '.join(diverged)})" if diverged else "") + " |")
         points = sorted({t for curves in best_curves.values() for c in curves for t, _ in c})
         if len(points) > curve_rows:  # evenly spaced rows, always the last
             points = [points[round(i * (len(points) - 1) / (curve_rows - 1))] for i in range(curve_rows)]

@@ -4,6 +4,7 @@ once its accuracy plateaus."""
 
 import importlib.util
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -139,3 +140,19 @@ def test_a_segment_below_one_is_refused_by_flag(capsys):
     with pytest.raises(SystemExit):
         mqar.main(["--segment", "0", "--out", "unused.jsonl"])
     assert "--segment must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_a_diverged_run_stops_and_is_reported(tmp_path, monkeypatch):
+    """A learning rate far past any window takes the weights to inf within a few steps; the run
+    stops at the first eval that reads a non-finite loss instead of training NaN weights to the
+    end, and the report says so."""
+    monkeypatch.setattr(mqar, "evaluate", lambda model, eval_set, device, segment=None: {
+        "accuracy": 0.0, "accuracy_by_answer": [0.0] * 4, "accuracy_by_segment": [0.0] * 4})
+    args = type("Args", (), dict(queries=None, vocab=64, batch=2, steps=40, eval_every=4, patience=0, d_model=64,
+                                 eval_examples=0, device="cpu", segment=16))()
+    r = mqar.run_one(("transformer", [], "transformer"), (64, 4), 1e30, 0, 1, None, args)
+    assert r["diverged"] is True and r["plateaued"] is False
+    assert r["steps"] < 40 and r["steps"] % 4 == 0 and not math.isfinite(r["final_loss"])
+    out = tmp_path / "mqar.jsonl"
+    mqar.append_record(out, {**r, "eval_examples": 8})
+    assert f"0/1; 1 diverged (non-finite loss, at step {r['steps']})" in mqar.report([out])

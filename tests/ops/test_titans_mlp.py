@@ -142,7 +142,8 @@ def _model_init(H, Dh):
 def test_long_sequence_from_initial_weights():
     """Spec §2b: T = 8K from the model's initial weights with per-head input norms ~ 5. At C = 16
     every head stays finite and bounded; at C = 64 (the configs' chunk) a head with a slow decay
-    does not: the recorded limit of the update rule (spec §2b, "Stability"), which a fix flips."""
+    does not: the recorded limit of the update rule (spec §2b asks for the figures, not a silent
+    fix; the README states it), which a fix flips."""
     us, params = _model_init(H=8, Dh=16)
     for C in (16, 64):
         o, norms = _long_run(us, params, C)
