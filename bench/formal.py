@@ -28,7 +28,8 @@ unless `model.chunk_size` is overridden.
 
 Each run trains with bench/quality.py's optimizer and step (warmup + cosine over `--steps`),
 evaluates every `--eval-every` steps, stops once the training-length accuracy plateaus
-(bench/mqar.py's rule, `--patience`) and appends one JSON line to `--out`; finished runs are
+(bench/mqar.py's rule, `--patience`) or the training loss goes non-finite (`diverged`, counted in
+the report as bench/mqar.py counts it) and appends one JSON line to `--out`; finished runs are
 skipped, so a sweep resumes. `--report FILE...` prints per task the best lr per model by the
 training-length accuracy (ties, as at 1.0, broken by the accuracy at 2L and 4L), mean ±
 half-range over seeds at L, 2L and 4L, and the tokens each run took to reach 0.9 at L.
@@ -49,8 +50,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mqar import (CONFIGS, add_run_arguments, append_record, evaluate, param_count, parse_models,
-                  plateaued, read_records, sizing, split_top)
+from mqar import (CONFIGS, add_run_arguments, append_record, diverged_note, evaluate, param_count, parse_models,
+                  read_records, sizing, split_top, stop_reason)
 from quality import build, mean_spread, optimizer, train_step
 
 from hope_mega.eval.synthetic import SyntheticBatch, make_modarith, make_parity
@@ -101,7 +102,7 @@ def run_one(spec, lr: float, seed: int, params: int, sets: dict, args) -> dict:
     opt = optimizer(model, lr)
     model.train()
     loss_sum, since, step, tokens = torch.zeros((), device=args.device), 0, 0, 0
-    loss, stopped, curve, accs = float("nan"), False, [], {}
+    loss, stopped, diverged, curve, accs = float("nan"), False, False, [], {}
     while step < args.steps:
         b = training_batch(args.task, args.batch, args.train_len, seed * 2**32 + step)
         loss_sum += train_step(model, opt, (b.input_ids, b.labels, b.loss_mask.float()), step, args.steps, lr,
@@ -116,7 +117,11 @@ def run_one(spec, lr: float, seed: int, params: int, sets: dict, args) -> dict:
         curve.append([tokens, accs[1], accs[2], accs[4]])
         print(f"{tag} step {step} tokens {tokens} loss {loss:.3f} acc L {accs[1]:.3f} 2L {accs[2]:.3f} "
               f"4L {accs[4]:.3f}", flush=True)
-        stopped = plateaued([c[1] for c in curve], args.patience)
+        reason = stop_reason(loss, [c[1] for c in curve], args.patience)
+        diverged, stopped = reason == "diverged", reason == "plateaued"
+        if diverged:
+            print(f"{tag} diverged: the training loss since the last eval is {loss}; stopped", flush=True)
+            break
         if stopped:
             print(f"{tag} plateaued at the training length; stopped", flush=True)
             break
@@ -127,7 +132,7 @@ def run_one(spec, lr: float, seed: int, params: int, sets: dict, args) -> dict:
         "max_steps": args.steps, "eval_every": args.eval_every, "patience": args.patience,
         "eval_examples": args.eval_examples, "steps": step, "tokens": tokens,
         "curve": curve, "acc": accs[1], "acc_2x": accs[2], "acc_4x": accs[4], "tokens_to_0.9": reached,
-        "final_loss": loss, "plateaued": stopped, "seconds": round(time.perf_counter() - start, 2),
+        "final_loss": loss, "plateaued": stopped, "diverged": diverged, "seconds": round(time.perf_counter() - start, 2),
         "device": args.device,
     }
 
@@ -184,7 +189,7 @@ def report(paths) -> str:
             accs = " | ".join(mean_spread([r[k] for r in rs]) for k in ("acc", "acc_2x", "acc_4x"))
             lines.append(f"| {m} | {rs[0]['params'] / 1e6:.3f}M | {best:g} | {accs} | {len(rs)} | "
                          + " | ".join(f"{mean[lr]:.3f}" if lr in mean else "–" for lr in lrs)
-                         + f" | {reached} | {sum(r['plateaued'] for r in rs)}/{len(rs)} |")
+                         + f" | {reached} | {sum(r['plateaued'] for r in rs)}/{len(rs)}{diverged_note(rs)} |")
         lines.append("")
     return "\n".join(lines)
 

@@ -179,6 +179,16 @@ def plateaued(accuracies: list[float], patience: int, min_gain: float = MIN_GAIN
     return max(accuracies[-patience:]) <= max(accuracies[:-patience]) + min_gain
 
 
+def stop_reason(loss: float, accuracies: list[float], patience: int) -> str | None:
+    """Why a run stops at this eval: "diverged" when the training loss since the last eval is not
+    finite, "plateaued" when `plateaued` says so, None to go on. A diverged run stops because
+    clipping cannot bring back non-finite weights: every later step would cost a step's time and
+    leave the accuracy where NaN logits put it."""
+    if not math.isfinite(loss):
+        return "diverged"
+    return "plateaued" if plateaued(accuracies, patience) else None
+
+
 def evaluate(model, eval_set, device: str, segment: int | None = None) -> dict:
     model.eval()
     per_batch = max(1, EVAL_TOKENS.get(torch.device(device).type, 4096) // eval_set.input_ids.shape[1])
@@ -214,13 +224,11 @@ def run_one(spec, setting, lr: float, seed: int, params: int, eval_set, args) ->
         tokens = step * args.batch * seq_len
         curve.append([tokens, result["accuracy"]])
         print(f"{tag} step {step} tokens {_tokens(tokens)} loss {loss:.3f} acc {result['accuracy']:.4f}", flush=True)
-        # Clipping cannot bring back non-finite weights: every later step would cost a step's
-        # time and leave the accuracy where NaN logits put it.
-        diverged = not math.isfinite(loss)
+        reason = stop_reason(loss, [a for _, a in curve], args.patience)
+        diverged, stopped = reason == "diverged", reason == "plateaued"
         if diverged:
             print(f"{tag} diverged: the training loss since the last eval is {loss}; stopped", flush=True)
             break
-        stopped = plateaued([a for _, a in curve], args.patience)
         if stopped:
             print(f"{tag} plateaued: no gain above {MIN_GAIN} in the last {args.patience} evals; stopped", flush=True)
             break
@@ -323,6 +331,14 @@ def _curve_at(curve: list, tokens: int) -> float | None:
     return seen[-1] if seen else None
 
 
+def diverged_note(runs: list[dict]) -> str:
+    """The report's note on the runs whose final loss is not finite, "; N diverged (non-finite
+    loss, at step S, ...)", or "" when none is. Read from the loss, not the record's "diverged"
+    field, so that records written before the field existed are counted too."""
+    steps = [str(r["steps"]) for r in runs if not math.isfinite(r.get("final_loss", 0.0))]
+    return f"; {len(steps)} diverged (non-finite loss, at step {', '.join(steps)})" if steps else ""
+
+
 def _segment_table(best_segments: dict) -> list[str]:
     """Accuracy by the query's position at each model's best lr, for the runs that recorded it
     with one segment length (runs from before --segment, or with another length, are left out)."""
@@ -378,13 +394,12 @@ def report(paths, curve_rows: int = 12) -> str:
             per_query = " ".join(f"{sum(c) / len(c):.2f}" for c in zip(*positions)) if positions else "–"
             params = rs[0]["params"]
             stops = ", ".join(f"{r['steps']}" for r in rs if r["plateaued"])
-            diverged = [f"{r['steps']}" for r in rs if not math.isfinite(r.get("final_loss", 0.0))]
             lines.append(f"| {m} | {params / 1e6:.2f}M ({params / ref_params - 1:+.1%}) | {best:g} | "
                          f"{mean_spread([r['final_acc'] for r in rs])} | {len(rs)} | "
                          + " | ".join(f"{mean[lr]:.3f}" if lr in mean else "–" for lr in lrs)
                          + f" | {per_query} | {sum(r['plateaued'] for r in rs)}/{len(rs)}"
                          + (f" (at step {stops})" if stops else "")
-                         + (f"; {len(diverged)} diverged (non-finite loss, at step {', '.join(diverged)})" if diverged else "") + " |")
+                         + diverged_note(rs) + " |")
         points = sorted({t for curves in best_curves.values() for c in curves for t, _ in c})
         if len(points) > curve_rows:  # evenly spaced rows, always the last
             points = [points[round(i * (len(points) - 1) / (curve_rows - 1))] for i in range(curve_rows)]

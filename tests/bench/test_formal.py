@@ -3,6 +3,7 @@ uniformly, the eval sets sit at L, 2L and 4L, and a sweep records, resumes and r
 
 import importlib.util
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -110,3 +111,17 @@ def test_an_even_training_length_for_modarith_is_refused(capsys):
     with pytest.raises(SystemExit):
         formal.main(["--task", "modarith", "--train-len", "16"])
     assert "--train-len 16: modarith expressions have odd lengths" in capsys.readouterr().err
+
+
+def test_a_diverged_run_stops_and_is_reported(tmp_path, monkeypatch):
+    """As in bench/mqar.py: weights driven to inf by a learning rate far past any window stop the run
+    at the first eval that reads a non-finite loss, and the report counts the run."""
+    monkeypatch.setattr(formal, "evaluate", lambda model, eval_set, device: {"accuracy": 0.0})
+    args = type("Args", (), dict(task="parity", train_len=8, batch=2, steps=40, eval_every=4, patience=0,
+                                 d_model=64, eval_examples=4, device="cpu"))()
+    r = formal.run_one(("transformer", [], "transformer"), 1e30, 0, 1, {1: None, 2: None, 4: None}, args)
+    assert r["diverged"] is True and r["plateaued"] is False
+    assert r["steps"] < 40 and r["steps"] % 4 == 0 and not math.isfinite(r["final_loss"])
+    out = tmp_path / "formal.jsonl"
+    formal.append_record(out, r)
+    assert f"0/1; 1 diverged (non-finite loss, at step {r['steps']})" in formal.report([out])
