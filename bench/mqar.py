@@ -46,7 +46,9 @@ Each finished run appends one JSON line to `--out`; a run whose line is already 
 so a sweep resumes where it stopped and can be split over processes by `--models` / `--lrs`
 (give them disjoint runs; they may share the file). `--report FILE...` prints markdown tables:
 per setting and model the best lr (by final accuracy averaged over seeds), mean ± half-range over
-seeds, the accuracy at every lr, per-query accuracy at the best lr, and the curves at the best lr.
+seeds, the accuracy at every lr, per-query accuracy at the best lr, the curves at the best lr, and
+each seed's final accuracy and tokens to 0.5 and 0.9 at the best lr (the onset, which varies with
+the seed more than between models).
 
     # CPU: one thread per process, e.g. two processes on two cores
     OMP_NUM_THREADS=1 python bench/mqar.py --models hope,hope-no-selfmod --out runs/mqar/sweep.jsonl
@@ -331,6 +333,25 @@ def _curve_at(curve: list, tokens: int) -> float | None:
     return seen[-1] if seen else None
 
 
+def _tokens_to(curve: list, accuracy: float) -> str:
+    """Tokens at a run's first eval at or above `accuracy`, "–" if none reached it."""
+    return next((_tokens(t) for t, a in curve if a >= accuracy), "–")
+
+
+def _seed_table(best_runs: dict) -> list[str]:
+    """Each seed of each model at its best lr: the final accuracy and the tokens to 0.5 and 0.9.
+    Accuracy at a fixed budget mostly says when recall set in, which varies with the seed more
+    than between models, so a comparison of two variants reads the onsets, seed by seed."""
+    lines = ["", "Each seed at its model's best lr: final accuracy, and tokens to the first eval at 0.5 and at "
+             "0.9 (– never):", "", "| model | seeds | final acc | tokens to 0.5 | tokens to 0.9 |", "|---" * 5 + "|"]
+    for m, rs in best_runs.items():
+        lines.append(f"| {m} | {', '.join(str(r['seed']) for r in rs)} | "
+                     + " / ".join(f"{r['final_acc']:.3f}" for r in rs) + " | "
+                     + " / ".join(_tokens_to(r["curve"], 0.5) for r in rs) + " | "
+                     + " / ".join(_tokens_to(r["curve"], 0.9) for r in rs) + " |")
+    return lines
+
+
 def diverged_note(runs: list[dict]) -> str:
     """The report's note on the runs whose final loss is not finite, "; N diverged (non-finite
     loss, at step S, ...)", or "" when none is. Read from the loss, not the record's "diverged"
@@ -381,7 +402,7 @@ def report(paths, curve_rows: int = 12) -> str:
                   "| model | params | best lr | acc (mean ± half-range) | seeds | "
                   + " | ".join(f"lr {lr:g}" for lr in lrs) + " | per-query acc at best lr | plateaued |",
                   "|---" * (7 + len(lrs)) + "|"]
-        best_curves, best_segments = {}, {}
+        best_curves, best_segments, best_runs = {}, {}, {}
         for m in models:
             by_lr = {lr: [r for (mm, ll, _), r in sorted(runs.items(), key=lambda kv: kv[0][2]) if mm == m and ll == lr]
                      for lr in lrs}
@@ -389,6 +410,7 @@ def report(paths, curve_rows: int = 12) -> str:
             best = max(mean, key=lambda lr: (mean[lr], -lr))
             rs = by_lr[best]
             best_curves[m] = [r["curve"] for r in rs]
+            best_runs[m] = rs
             best_segments[m] = [(r["segment"], r["acc_by_segment"]) for r in rs if r.get("acc_by_segment")]
             positions = [r["acc_by_position"] for r in rs if r["acc_by_position"]]
             per_query = " ".join(f"{sum(c) / len(c):.2f}" for c in zip(*positions)) if positions else "–"
@@ -412,6 +434,7 @@ def report(paths, curve_rows: int = 12) -> str:
                 vals = [v for v in (_curve_at(c, t) for c in best_curves[m]) if v is not None]
                 cells.append(f"{sum(vals) / len(vals):.3f}" if vals else "–")
             lines.append(f"| {_tokens(t)} | " + " | ".join(cells) + " |")
+        lines += _seed_table(best_runs)
         lines += _segment_table(best_segments)
         lines.append("")
     return "\n".join(lines)

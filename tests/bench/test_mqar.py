@@ -156,3 +156,18 @@ def test_a_diverged_run_stops_and_is_reported(tmp_path, monkeypatch):
     out = tmp_path / "mqar.jsonl"
     mqar.append_record(out, {**r, "eval_examples": 8})
     assert f"0/1; 1 diverged (non-finite loss, at step {r['steps']})" in mqar.report([out])
+
+
+def test_report_gives_each_seeds_onset_at_the_best_lr(tmp_path):
+    """The per-seed table reads the tokens to 0.5 and 0.9 off each run's curve at the model's best
+    lr: the first eval at or above the level, "–" for a run that never reached it."""
+    base = {"setting": "64x4", "vocab": 256, "d_model": 64, "batch": 64, "max_steps": 30, "eval_examples": 8,
+            "num_queries": 4, "model": "m", "params": 1000, "acc_by_position": [], "plateaued": False,
+            "final_loss": 1.0}
+    runs = [(1e-3, 0, [[10_000, 0.2], [20_000, 0.6], [30_000, 0.95]]),
+            (1e-3, 1, [[10_000, 0.1], [20_000, 0.3], [30_000, 0.55]]),
+            (1e-2, 0, [[10_000, 0.01], [20_000, 0.01], [30_000, 0.01]])]
+    out = tmp_path / "mqar.jsonl"
+    out.write_text("".join(json.dumps({**base, "lr": lr, "seed": seed, "curve": curve, "final_acc": curve[-1][1],
+                                       "steps": 30}) + "\n" for lr, seed, curve in runs))
+    assert "| m | 0, 1 | 0.950 / 0.550 | 20k / 30k | 30k / – |" in mqar.report([out])
