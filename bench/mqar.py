@@ -402,14 +402,13 @@ def report(paths, curve_rows: int = 12) -> str:
                   "| model | params | best lr | acc (mean ± half-range) | seeds | "
                   + " | ".join(f"lr {lr:g}" for lr in lrs) + " | per-query acc at best lr | plateaued |",
                   "|---" * (7 + len(lrs)) + "|"]
-        best_curves, best_segments, best_runs = {}, {}, {}
+        best_runs, best_segments = {}, {}
         for m in models:
             by_lr = {lr: [r for (mm, ll, _), r in sorted(runs.items(), key=lambda kv: kv[0][2]) if mm == m and ll == lr]
                      for lr in lrs}
             mean = {lr: sum(r["final_acc"] for r in rs) / len(rs) for lr, rs in by_lr.items() if rs}
             best = max(mean, key=lambda lr: (mean[lr], -lr))
             rs = by_lr[best]
-            best_curves[m] = [r["curve"] for r in rs]
             best_runs[m] = rs
             best_segments[m] = [(r["segment"], r["acc_by_segment"]) for r in rs if r.get("acc_by_segment")]
             positions = [r["acc_by_position"] for r in rs if r["acc_by_position"]]
@@ -422,7 +421,7 @@ def report(paths, curve_rows: int = 12) -> str:
                          + f" | {per_query} | {sum(r['plateaued'] for r in rs)}/{len(rs)}"
                          + (f" (at step {stops})" if stops else "")
                          + diverged_note(rs) + " |")
-        points = sorted({t for curves in best_curves.values() for c in curves for t, _ in c})
+        points = sorted({t for rs in best_runs.values() for r in rs for t, _ in r["curve"]})
         if len(points) > curve_rows:  # evenly spaced rows, always the last
             points = [points[round(i * (len(points) - 1) / (curve_rows - 1))] for i in range(curve_rows)]
         lines += ["", "Accuracy against training tokens at each model's best lr (mean over seeds; a run that "
@@ -431,7 +430,7 @@ def report(paths, curve_rows: int = 12) -> str:
         for t in points:
             cells = []
             for m in models:
-                vals = [v for v in (_curve_at(c, t) for c in best_curves[m]) if v is not None]
+                vals = [v for v in (_curve_at(r["curve"], t) for r in best_runs[m]) if v is not None]
                 cells.append(f"{sum(vals) / len(vals):.3f}" if vals else "–")
             lines.append(f"| {_tokens(t)} | " + " | ".join(cells) + " |")
         lines += _seed_table(best_runs)
