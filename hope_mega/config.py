@@ -65,6 +65,9 @@ class ModelConfig:
     titans_beta_max: float = 1.0
     # True: q is multiplied by 1/sqrt(head_dim) after its norm (the spec does not scale it).
     titans_q_scale: bool = False
+    # False: beta's and the decay's logits are w . u + b, not w . M(u) + b through their own
+    # (self-modified, learned-initial-state) memories: Gated DeltaNet's kind of gate.
+    titans_gate_memory: bool = True
 
     @property
     def head_dim(self) -> int:
@@ -76,7 +79,9 @@ class ModelConfig:
         return [key for key in TITANS_ABLATION_KEYS if getattr(self, key) != getattr(default, key)]
 
 
-TITANS_ABLATION_KEYS = ("titans_value_norm", "titans_residual_read", "titans_beta_max", "titans_q_scale")
+TITANS_ABLATION_KEYS = (
+    "titans_value_norm", "titans_residual_read", "titans_beta_max", "titans_q_scale", "titans_gate_memory",
+)
 
 
 @dataclass

@@ -39,7 +39,7 @@ class TitansMixer(nn.Module):
         self.memory = cfg.memory
         self.variant = TitansVariant(
             value_norm=cfg.titans_value_norm, residual_read=cfg.titans_residual_read,
-            beta_max=cfg.titans_beta_max, q_scale=cfg.titans_q_scale,
+            beta_max=cfg.titans_beta_max, q_scale=cfg.titans_q_scale, gate_memory=cfg.titans_gate_memory,
         )  # fmt: skip
         self.in_proj = layers.column(cfg.d_model, len(SECTIONS) * cfg.n_heads * D, cfg.init_std, sections=len(SECTIONS))
         self.out_proj = layers.row(cfg.n_heads * D, cfg.d_model, cfg.init_std / math.sqrt(2 * n_layers))

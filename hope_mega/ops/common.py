@@ -53,13 +53,17 @@ class TitansVariant:
     - residual_read: memories read M(u) = u + S u; False reads M(u) = S u, so the delta-rule
       values are v̂ instead of v̂ − k and the output is S_mem q instead of q + S_mem q;
     - beta_max: beta = beta_max · sigmoid(...); 2 is Gated DeltaNet's (0, 2) option;
-    - q_scale: q is multiplied by 1/sqrt(d_h) after its norm (the spec does not scale it).
+    - q_scale: q is multiplied by 1/sqrt(d_h) after its norm (the spec does not scale it);
+    - gate_memory: beta's and the decay's logits are w . M̄(u) + b, read through their own
+      memories; False reads w . u + b, a fixed linear function of the input as Gated DeltaNet's
+      gates are (M_eta and M_alpha are still written, but nothing reads them).
     """
 
     value_norm: bool = True
     residual_read: bool = True
     beta_max: float = 1.0
     q_scale: bool = False
+    gate_memory: bool = True
 
     def value(self, x: torch.Tensor) -> torch.Tensor:
         """The values v and v̂ from their memory reads: N(x), or x without value_norm."""

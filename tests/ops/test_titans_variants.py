@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from hope_mega.config import ConfigError, ModelConfig, load_config
 from hope_mega.ops import titans
-from hope_mega.ops.common import DEFAULT_VARIANT, TitansVariant
+from hope_mega.ops.common import DEFAULT_VARIANT, MEM_ALPHA, MEM_ETA, MEM_K, MEM_MAIN, MEM_Q, MEM_V, TitansVariant
 from hope_mega.ops.titans_linear.chunk import chunk_reads, titans_chunk
 from hope_mega.ops.titans_linear.reference import titans_reference
 
@@ -21,7 +22,8 @@ SWITCHES = {
     "residual_read": TitansVariant(residual_read=False),
     "beta_max": TitansVariant(beta_max=2.0),
     "q_scale": TitansVariant(q_scale=True),
-    "all": TitansVariant(value_norm=False, residual_read=False, beta_max=2.0, q_scale=True),
+    "gate_memory": TitansVariant(gate_memory=False),
+    "all": TitansVariant(value_norm=False, residual_read=False, beta_max=2.0, q_scale=True, gate_memory=False),
 }
 CU = torch.tensor([0, 13, 30, 41, 60])  # two rows of 30: documents of several chunks at C = 8
 
@@ -63,6 +65,32 @@ def test_beta_max_two_gives_learning_rates_above_one(titans_inputs):
     reads = [u.reshape(1, 32, 2, 8).permute(2, 0, 1, 3) for u in inp.us]  # one chunk, heads first
     beta = chunk_reads(inp.s0[:, None], *reads, *inp.params[1:], variant=TitansVariant(beta_max=2.0))[3]
     assert beta.max() > 1.0 and beta.max() < 2.0 and beta.min() > 0.0
+
+
+@pytest.mark.parametrize("residual_read", [True, False])
+def test_without_gate_memory_the_gates_read_u_directly(titans_inputs, residual_read):
+    """beta = sigmoid(w_eta . u + b_eta) and g = -exp(A) softplus(w_alpha . u + b_alpha) whatever
+    the states hold, and the memories that would feed the gates get no gradient: the switch
+    leaves nothing of them in the layer's function."""
+    variant = TitansVariant(gate_memory=False, residual_read=residual_read)
+    inp = titans_inputs(B=1, T=32, H=2, D=8, dtype=torch.float64, seed=5)
+    reads = [u.reshape(1, 32, 2, 8).permute(2, 0, 1, 3) for u in inp.us]  # one chunk, heads first
+    _, _, _, beta, g = chunk_reads(inp.s0[:, None], *reads, *inp.params[1:], variant=variant)
+    w_eta, b_eta, w_alpha, b_alpha, a_log = inp.params[1:]
+    u_eta, u_alpha = reads[3], reads[4]
+    want_beta = torch.sigmoid((u_eta * w_eta[:, None, None]).sum(-1) + b_eta[:, None, None])
+    want_g = -a_log.exp()[:, None, None] * F.softplus((u_alpha * w_alpha[:, None, None]).sum(-1) + b_alpha[:, None, None])
+    assert (beta - want_beta).abs().max() <= 1e-14 and (g - want_g).abs().max() <= 1e-14
+    # The states are not the identity map here (random s0), so reading them would change the gates.
+    spec = chunk_reads(inp.s0[:, None], *reads, *inp.params[1:])
+    assert (spec[3] - beta).abs().max() > 1e-3
+
+    leaves = inputs(titans_inputs, variant).leaves()
+    o = titans_chunk(*leaves, chunk_size=8, cu_seqlens=CU, variant=variant)[0]
+    (o * torch.randn(o.shape, generator=torch.Generator().manual_seed(0), dtype=o.dtype)).sum().backward()
+    s0_grad = leaves[5].grad  # [H, 6, D, D]
+    assert s0_grad[:, [MEM_ETA, MEM_ALPHA]].abs().max() == 0
+    assert s0_grad[:, [MEM_K, MEM_V, MEM_Q, MEM_MAIN]].abs().flatten(2).amax(-1).min() > 1e-6  # every head, every other memory
 
 
 @pytest.mark.parametrize("kw", [{"impl": "fused"}, {"impl": "fla"}, {"memory": "mlp"}])
@@ -121,6 +149,7 @@ def test_hope_lm_with_every_switch_flipped_trains():
     cfg = load_config(config, [
         "model.vocab_size=16", "model.chunk_size=8", "model.n_layers=2", "model.titans_value_norm=false",
         "model.titans_residual_read=false", "model.titans_beta_max=2.0", "model.titans_q_scale=true",
+        "model.titans_gate_memory=false",
     ])  # fmt: skip
     torch.manual_seed(0)
     model = HopeLM(cfg.model)

@@ -70,10 +70,10 @@ def chunk_reads(S, uq, uk, uv, ue, ua, w_eta, b_eta, w_alpha, b_alpha, a_log, wr
     q = variant.query(_read(S[:, :, MEM_Q], uq, res))
     v = variant.value(_read(S[:, :, MEM_V], uv, res))
     # w . M(u) = w . u + (S^T w) . u: S_eta and S_alpha are read through one vector per chunk.
-    r_eta = w_eta[:, None, None] @ S[:, :, MEM_ETA]  # [H, n or 1, 1, D]
-    r_alpha = w_alpha[:, None, None] @ S[:, :, MEM_ALPHA]
-    if res:
-        r_eta, r_alpha = w_eta[:, None, None] + r_eta, w_alpha[:, None, None] + r_alpha
+    r_eta, r_alpha = w_eta[:, None, None], w_alpha[:, None, None]  # [H, 1, 1, D]: w . u alone
+    if variant.gate_memory:
+        S_eta, S_alpha = r_eta @ S[:, :, MEM_ETA], r_alpha @ S[:, :, MEM_ALPHA]  # [H, n or 1, 1, D]
+        r_eta, r_alpha = (r_eta + S_eta, r_alpha + S_alpha) if res else (S_eta, S_alpha)
     beta = learning_rate(_times(ue, r_eta.transpose(-1, -2)).squeeze(-1) + b_eta[:, None, None], variant.beta_max)
     g = log_decay(_times(ua, r_alpha.transpose(-1, -2)).squeeze(-1) + b_alpha[:, None, None], a_log[:, None, None])
     m = len(MEMORIES[written])

@@ -74,8 +74,10 @@ def titans_reference(
             k = unit_norm(_read(S_bar[:, MEM_K], uk, res))
             q = variant.query(_read(S_bar[:, MEM_Q], uq, res))
             v = variant.value(_read(S_bar[:, MEM_V], uv, res))
-            beta = learning_rate((w_eta * _read(S_bar[:, MEM_ETA], ue, res)).sum(-1) + b_eta, variant.beta_max)  # [H]
-            g = log_decay((w_alpha * _read(S_bar[:, MEM_ALPHA], ua, res)).sum(-1) + b_alpha, a_log)
+            if variant.gate_memory:
+                ue, ua = _read(S_bar[:, MEM_ETA], ue, res), _read(S_bar[:, MEM_ALPHA], ua, res)
+            beta = learning_rate((w_eta * ue).sum(-1) + b_eta, variant.beta_max)  # [H]
+            g = log_decay((w_alpha * ua).sum(-1) + b_alpha, a_log)
             # Self-generated values, one per memory: v_hat = N(M_bar(v)).
             Sv = torch.einsum("hmij,hj->hmi", S_bar, v)
             v_hat = variant.value(v[:, None] + Sv if res else Sv)  # [H, 6, D]
