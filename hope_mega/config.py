@@ -68,6 +68,10 @@ class ModelConfig:
     # False: beta's and the decay's logits are w . u + b, not w . M(u) + b through their own
     # (self-modified, learned-initial-state) memories: Gated DeltaNet's kind of gate.
     titans_gate_memory: bool = True
+    # False: the memories' initial states s0 are not learned but stay at their initialisation
+    # (zero, the identity without the residual read). With C >= T every memory but the main one
+    # then reads its input unchanged, as in Gated DeltaNet, which has no such maps.
+    titans_learned_s0: bool = True
 
     @property
     def head_dim(self) -> int:
@@ -81,6 +85,7 @@ class ModelConfig:
 
 TITANS_ABLATION_KEYS = (
     "titans_value_norm", "titans_residual_read", "titans_beta_max", "titans_q_scale", "titans_gate_memory",
+    "titans_learned_s0",
 )
 
 

@@ -50,6 +50,9 @@ class TitansMixer(nn.Module):
         # [H, 6, 2, D, expansion * D].
         shape = (D, D) if cfg.memory == "linear" else (2, D, cfg.memory_expansion * D)
         self.s0 = head_param(H, len(MEMORIES), *shape)
+        # A frozen s0 is left out of every optimizer and gradient reduction, which all skip
+        # parameters that do not require a gradient.
+        self.s0.requires_grad_(cfg.titans_learned_s0)
         self.w_eta, self.w_alpha = head_param(H, D), head_param(H, D)
         self.b_eta, self.b_alpha, self.a_log = head_param(H), head_param(H), head_param(H)
         self.out_norm = head_param(H, D)

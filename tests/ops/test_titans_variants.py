@@ -166,3 +166,30 @@ def test_hope_lm_with_every_switch_flipped_trains():
         losses.append(loss.item())
     assert all(torch.isfinite(torch.tensor(losses)))
     assert losses[-1] < losses[0]
+
+
+def test_a_frozen_initial_state_stays_at_its_initialisation_while_the_rest_trains():
+    """model.titans_learned_s0=false: the optimizer the trainer builds never moves s0 (bitwise),
+    while the gate parameters beside it in the mixer do move."""
+    from hope_mega.model.lm import HopeLM
+    from hope_mega.model.titans import TitansMixer
+    from hope_mega.optim.cms_adamw import CMSAdamW, param_groups
+
+    config = Path(__file__).resolve().parents[2] / "configs" / "hope-tiny.yaml"
+    cfg = load_config(config, ["model.vocab_size=16", "model.chunk_size=8", "model.n_layers=2", "model.titans_learned_s0=false"])
+    assert cfg.model.titans_ablations() == ["titans_learned_s0"]
+    torch.manual_seed(0)
+    model = HopeLM(cfg.model)
+    mixers = [m for m in model.modules() if isinstance(m, TitansMixer)]
+    before = [(m.s0.clone(), m.w_eta.clone()) for m in mixers]
+    assert all(torch.equal(s0, torch.zeros_like(s0)) for s0, _ in before)
+    ids = torch.randint(0, 16, (2, 33), generator=torch.Generator().manual_seed(0))
+    opt = CMSAdamW(param_groups(model, 0.1), lr=3e-3, betas=(0.9, 0.95))
+    for _ in range(3):
+        loss = model(ids[:, :-1], ids[:, 1:]).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    for m, (s0, w_eta) in zip(mixers, before):
+        assert m.s0.grad is None and torch.equal(m.s0, s0)
+        assert (m.w_eta - w_eta).abs().max() > 1e-4
